@@ -1,0 +1,5 @@
+import sys
+
+from ratelimitd.cli import main
+
+sys.exit(main())

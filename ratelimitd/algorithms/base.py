@@ -1,0 +1,28 @@
+"""The one signature every algorithm has.
+
+`step(state, now, limit, cost) -> Outcome`: given the stored state of one counter (or None),
+the time, the limit and the cost of this hit, say whether the hit is allowed and what state to
+store if it is committed. Nothing is stored here: the backend commits `outcome.state` only when
+every limit of a descriptor allows the hit, so a denied hit costs nothing. Each algorithm has a
+Lua twin in `ratelimitd/backends/lua/` with the same arithmetic.
+
+A `cost` of 0 is a probe: it consumes nothing and is over limit when nothing is left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from ratelimitd.model import Limit, LimitResult
+
+State = tuple[float, ...]
+
+
+class Outcome(NamedTuple):
+    state: State
+    result: LimitResult
+    expires_at: float
+
+
+Step = Callable[[State | None, float, Limit, int], Outcome]

@@ -1,0 +1,120 @@
+"""The composition root: settings → config → backend → limiter → servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import grpc
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ratelimitd.backends.base import Backend
+from ratelimitd.backends.memory import MemoryBackend
+from ratelimitd.clock import Clock
+from ratelimitd.config import RateLimitConfig, load_config
+from ratelimitd.errors import ConfigError
+from ratelimitd.limiter import Limiter, LimiterOptions
+from ratelimitd.server.grpc_service import RateLimitServicer
+from ratelimitd.server.http import HttpServer, Response, text
+from ratelimitd.settings import Settings
+
+log = logging.getLogger("ratelimitd")
+
+ENVOY_SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
+
+
+def make_backend(settings: Settings, clock: Clock | None = None) -> Backend:
+    if settings.redis_url:
+        raise ConfigError(["RATELIMITD_REDIS_URL: the Redis backend is not available yet"])
+    return MemoryBackend(clock)
+
+
+class App:
+    """One running service. `start()` binds every listener; `stop()` releases them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: RateLimitConfig | None = None,
+        backend: Backend | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config = config if config is not None else load_config([settings.config])
+        self.backend = backend if backend is not None else make_backend(settings, clock)
+        self.limiter = Limiter(
+            self.config,
+            self.backend,
+            LimiterOptions(key_prefix=settings.key_prefix, shadow_mode=settings.shadow_mode),
+        )
+        self.health = health.aio.HealthServicer()
+        self.grpc_server: grpc.aio.Server | None = None
+        self.http_server = HttpServer({("GET", "/healthcheck"): self._healthcheck})
+        self.grpc_port = 0
+        self.http_port = 0
+        self.ready = False
+
+    async def start(self) -> None:
+        settings = self.settings
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(RateLimitServicer(self.limiter), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (ENVOY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        self.grpc_port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        if self.grpc_port == 0:
+            raise OSError(f"cannot listen for gRPC on {settings.host}:{settings.grpc_port}")
+        await server.start()
+        self.grpc_server = server
+        self.http_port = await self.http_server.start(settings.host, settings.http_port)
+        for service in ("", ENVOY_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.ready = True
+        for line in self.config.summary():
+            log.info("loaded %s", line)
+        log.info(
+            "ratelimitd listening on %s (gRPC %d, HTTP %d), backend %s",
+            settings.host,
+            self.grpc_port,
+            self.http_port,
+            self.backend.name,
+        )
+
+    async def stop(self, grace: float = 5.0) -> None:
+        self.ready = False
+        for service in ("", ENVOY_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace)
+        await self.http_server.stop()
+        await self.backend.close()
+        log.info("ratelimitd stopped")
+
+    async def _healthcheck(self, _: bytes) -> Response:
+        if self.ready and await self.backend.ping():
+            return text(200, "OK")
+        return text(503, "NOT READY")
+
+
+async def serve(settings: Settings) -> None:
+    """Runs until SIGTERM or SIGINT."""
+    app = App(settings)
+    await app.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("shutting down")
+    await app.stop()

@@ -1,0 +1,48 @@
+"""The one narrow interface every counter store offers the limiter."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ratelimitd.model import Limit, LimitResult
+
+
+@dataclass(frozen=True, slots=True)
+class CounterRequest:
+    """One descriptor's hit: all of `limits` must allow `cost`, or none is charged.
+
+    Each limit's counter lives at `f"{base}:{limit.counter_id}"`.
+    """
+
+    base: str
+    limits: tuple[Limit, ...]
+    cost: int
+
+    def key(self, limit: Limit) -> str:
+        return f"{self.base}:{limit.counter_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class CounterResult:
+    allowed: bool
+    results: tuple[LimitResult, ...]
+
+
+class Backend(Protocol):
+    name: str
+
+    async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
+        """Applies every request atomically per request; raises `BackendError` on failure."""
+        ...
+
+    async def reset(self, requests: Sequence[CounterRequest]) -> int:
+        """Clears the counters of `requests`; returns how many existed."""
+        ...
+
+    async def ping(self) -> bool:
+        """Whether the store answers now."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,86 @@
+"""`ratelimitd serve | check-config`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from ratelimitd.config import load_config
+from ratelimitd.errors import ConfigError
+from ratelimitd.settings import Settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ratelimitd", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the rate-limit service")
+    serve.add_argument("--config", help="YAML file or directory (RATELIMITD_CONFIG)")
+    serve.add_argument("--host", help="listen address (RATELIMITD_HOST, default 0.0.0.0)")
+    serve.add_argument("--grpc-port", type=int, help="gRPC port (RATELIMITD_GRPC_PORT, default 8081)")
+    serve.add_argument("--http-port", type=int, help="HTTP port (RATELIMITD_HTTP_PORT, default 8080)")
+    serve.add_argument("--redis-url", help="Redis URL; memory backend when absent (RATELIMITD_REDIS_URL)")
+
+    check = commands.add_parser("check-config", help="validate config files and exit")
+    check.add_argument("paths", nargs="+", help="YAML files or directories")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.paths)
+    try:
+        settings = Settings.from_env(
+            config=args.config,
+            host=args.host,
+            grpc_port=args.grpc_port,
+            http_port=args.http_port,
+            redis_url=args.redis_url,
+        )
+    except ConfigError as exc:
+        _print_errors(exc)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(_serve(settings))
+    except ConfigError as exc:
+        _print_errors(exc)
+        return 1
+    except OSError as exc:
+        print(f"ratelimitd: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(settings: Settings) -> None:
+    from ratelimitd.app import serve
+
+    await serve(settings)
+
+
+def check_config(paths: Sequence[str]) -> int:
+    """The paths are loaded together, as one config, as `serve` would load a directory."""
+    try:
+        config = load_config(paths)
+    except ConfigError as exc:
+        _print_errors(exc)
+        return 1
+    for line in config.summary():
+        print(line)
+    return 0
+
+
+def _print_errors(exc: ConfigError) -> None:
+    for line in exc.errors:
+        print(line, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

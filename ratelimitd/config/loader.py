@@ -1,0 +1,110 @@
+"""Reads config files and directories into one validated `RateLimitConfig`."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import yaml
+
+from ratelimitd.config.index import RateLimitConfig, build_domain
+from ratelimitd.config.schema import DomainDocument, ErrorList, parse_document
+from ratelimitd.errors import ConfigError
+
+CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+def config_files(paths: Iterable[str | Path]) -> list[Path]:
+    """The YAML files named by `paths`: files as given, directories' `*.yaml`/`*.yml`.
+
+    Hidden entries are skipped, which also skips the `..data` links of a Kubernetes
+    ConfigMap volume while following the visible links into it.
+    """
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(
+                sorted(
+                    child
+                    for child in path.iterdir()
+                    if child.suffix in CONFIG_SUFFIXES
+                    and not child.name.startswith(".")
+                    and child.is_file()
+                )
+            )
+        else:
+            files.append(path)
+    return files
+
+
+def load_config(paths: Iterable[str | Path]) -> RateLimitConfig:
+    """Loads and validates every file; raises `ConfigError` listing every problem."""
+    files = config_files(paths)
+    errors: list[str] = []
+    documents: list[tuple[str, DomainDocument]] = []
+    digest = hashlib.sha256()
+    texts: list[str] = []
+    if not files:
+        raise ConfigError([f"{', '.join(map(str, paths))}: no config files found"])
+    for file in files:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            errors.append(f"{file}: cannot read config file: {exc}")
+            continue
+        texts.append(text)
+        digest.update(str(file).encode() + b"\0" + text.encode() + b"\0")
+        file_errors, file_documents = parse_text(str(file), text)
+        errors.extend(file_errors)
+        documents.extend((str(file), document) for document in file_documents)
+
+    domains = {}
+    origin: dict[str, str] = {}
+    for file, document in documents:
+        if document.domain in domains:
+            errors.append(
+                f"{file}: line {document.line}: duplicate domain '{document.domain}' "
+                f"(already defined in {origin[document.domain]})"
+            )
+            continue
+        domains[document.domain] = build_domain(document)
+        origin[document.domain] = file
+    if errors:
+        raise ConfigError(errors)
+    return RateLimitConfig(
+        domains=domains,
+        sources=tuple(str(file) for file in files),
+        content_hash=digest.hexdigest(),
+        loaded_at=time.time(),
+        texts=tuple(texts),
+    )
+
+
+def parse_text(file: str, text: str) -> tuple[list[str], list[DomainDocument]]:
+    """Every error in one file's text, and its valid domain documents."""
+    errors = ErrorList(file)
+    documents: list[DomainDocument] = []
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        return [f"{file}: error loading config file: {_one_line(exc)}"], []
+    real = [node for node in nodes if node is not None]
+    if not real:
+        errors.items.append(f"{file}: config file cannot have empty domain")
+    for node in real:
+        document = parse_document(node, errors)
+        if document is not None:
+            documents.append(document)
+    return errors.items, documents if not errors.items else []
+
+
+def _one_line(exc: yaml.YAMLError) -> str:
+    """`line L, column C: problem (context)`, without PyYAML's source excerpt."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        detail = f" {exc.context}" if exc.context else ""
+        return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}{detail}"
+    return " ".join(str(exc).split())

@@ -1,0 +1,391 @@
+"""Validates one YAML document in envoyproxy/ratelimit's format, with our extensions.
+
+It walks the YAML node tree rather than the constructed Python objects, so every error can
+name its line, duplicate mapping keys are caught, and non-string keys are told apart from
+strings. Every problem in a file is collected; nothing stops at the first one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from ratelimitd.model import Algorithm, Limit, Rule, Unit
+
+_STR = "tag:yaml.org,2002:str"
+_INT = "tag:yaml.org,2002:int"
+_BOOL = "tag:yaml.org,2002:bool"
+_NULL = "tag:yaml.org,2002:null"
+
+DOMAIN_KEYS = frozenset({"domain", "descriptors"})
+DESCRIPTOR_KEYS = frozenset(
+    {
+        "key",
+        "value",
+        "rate_limit",
+        "rate_limits",
+        "descriptors",
+        "shadow_mode",
+        "detailed_metric",
+        "value_to_metric",
+        "share_threshold",
+        "quota_mode",
+        "metadata",
+    }
+)
+LIMIT_KEYS = frozenset(
+    {
+        "unit",
+        "requests_per_unit",
+        "unlimited",
+        "name",
+        "replaces",
+        "unit_multiplier",
+        "algorithm",
+        "burst",
+    }
+)
+UNIT_NAMES = ", ".join(unit.name.lower() for unit in Unit)
+ALGORITHM_NAMES = ", ".join(algorithm.value for algorithm in Algorithm)
+MAX_REQUESTS_PER_UNIT = 2**32 - 1
+
+
+@dataclass
+class DescriptorNode:
+    """One `descriptors` entry, validated."""
+
+    key: str
+    value: str | None
+    rule: Rule | None
+    share_threshold: bool
+    children: list[DescriptorNode] = field(default_factory=list)
+
+
+@dataclass
+class DomainDocument:
+    domain: str
+    descriptors: list[DescriptorNode]
+    line: int
+
+
+class ErrorList:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.items: list[str] = []
+
+    def add(self, node: yaml.Node, where: str, message: str) -> None:
+        place = f"line {node.start_mark.line + 1}"
+        if where:
+            place += f", {where}"
+        self.items.append(f"{self.file}: {place}: {message}")
+
+
+def _constructor() -> yaml.SafeLoader:
+    return yaml.SafeLoader("")
+
+
+def _scalar_text(node: yaml.Node) -> str | None:
+    """The text of a non-null scalar, or None."""
+    if isinstance(node, yaml.ScalarNode) and node.tag != _NULL:
+        return str(node.value)
+    return None
+
+
+def _mapping(
+    node: yaml.Node, where: str, allowed: frozenset[str], errors: ErrorList
+) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
+    """The keys of a mapping node, checked for type, spelling and duplicates."""
+    if not isinstance(node, yaml.MappingNode):
+        shown = _scalar_text(node)
+        kind = f"'{shown}'" if shown is not None else _kind(node)
+        errors.add(node, where, f"expected a map, got {kind}")
+        return None
+    out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for key_node, value_node in node.value:
+        if not (isinstance(key_node, yaml.ScalarNode) and key_node.tag == _STR):
+            shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else _kind(key_node)
+            errors.add(key_node, where, f"key is not of type string: {shown}")
+            continue
+        name = str(key_node.value)
+        if name not in allowed:
+            errors.add(key_node, where, f"unknown key '{name}' (expected one of {_names(allowed)})")
+            continue
+        if name in out:
+            errors.add(key_node, where, f"key '{name}' is given twice")
+            continue
+        out[name] = (key_node, value_node)
+    return out
+
+
+def _names(keys: frozenset[str]) -> str:
+    return ", ".join(sorted(keys))
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    if isinstance(node, yaml.MappingNode):
+        return "a map"
+    if node.tag == _NULL:
+        return "nothing"
+    return f"'{node.value}'"
+
+
+def _bool(node: yaml.Node, where: str, errors: ErrorList) -> bool:
+    if isinstance(node, yaml.ScalarNode) and node.tag == _BOOL:
+        return bool(_constructor().construct_yaml_bool(node))
+    errors.add(node, where, f"expected true or false, got {_kind(node)}")
+    return False
+
+
+def _int(node: yaml.Node, where: str, errors: ErrorList, minimum: int) -> int | None:
+    if isinstance(node, yaml.ScalarNode) and node.tag == _INT:
+        number = int(_constructor().construct_yaml_int(node))
+        if minimum <= number <= MAX_REQUESTS_PER_UNIT:
+            return number
+        errors.add(node, where, f"must be between {minimum} and {MAX_REQUESTS_PER_UNIT}, got {number}")
+        return None
+    errors.add(node, where, f"expected a whole number, got {_kind(node)}")
+    return None
+
+
+def _text(node: yaml.Node, where: str, errors: ErrorList) -> str | None:
+    text = _scalar_text(node)
+    if text is None:
+        errors.add(node, where, f"expected a string, got {_kind(node)}")
+    return text
+
+
+def parse_document(node: yaml.Node, errors: ErrorList) -> DomainDocument | None:
+    fields = _mapping(node, "", DOMAIN_KEYS, errors)
+    if fields is None:
+        return None
+    domain = ""
+    if "domain" in fields:
+        domain = _scalar_text(fields["domain"][1]) or ""
+    if not domain:
+        errors.add(node, "", "config file cannot have empty domain")
+    descriptors: list[DescriptorNode] = []
+    if "descriptors" in fields:
+        descriptors = _descriptor_list(fields["descriptors"][1], "descriptors", domain, "", errors)
+    return DomainDocument(domain, descriptors, node.start_mark.line + 1) if domain else None
+
+
+def _descriptor_list(
+    node: yaml.Node, where: str, domain: str, parent_path: str, errors: ErrorList
+) -> list[DescriptorNode]:
+    if isinstance(node, yaml.ScalarNode) and node.tag == _NULL:
+        return []
+    if not isinstance(node, yaml.SequenceNode):
+        errors.add(node, where, f"expected a list of descriptors, got {_kind(node)}")
+        return []
+    out: list[DescriptorNode] = []
+    seen: dict[tuple[str, str | None], int] = {}
+    for index, item in enumerate(node.value):
+        item_where = f"{where}[{index}]"
+        if not isinstance(item, yaml.MappingNode):
+            errors.add(
+                item, item_where, f"yaml file contains list of type other than map: {_kind(item)}"
+            )
+            continue
+        parsed = _descriptor(item, item_where, domain, parent_path, errors)
+        if parsed is None:
+            continue
+        composite = (parsed.key, parsed.value)
+        if composite in seen:
+            shown = parsed.key if parsed.value is None else f"{parsed.key}={parsed.value}"
+            errors.add(
+                item,
+                item_where,
+                f"duplicate descriptor composite key '{shown}' "
+                f"(already at {where}[{seen[composite]}])",
+            )
+            continue
+        seen[composite] = index
+        out.append(parsed)
+    return out
+
+
+def _descriptor(
+    node: yaml.Node, where: str, domain: str, parent_path: str, errors: ErrorList
+) -> DescriptorNode | None:
+    before = len(errors.items)
+    fields = _mapping(node, where, DESCRIPTOR_KEYS, errors)
+    if fields is None:
+        return None
+    key = _scalar_text(fields["key"][1]) if "key" in fields else None
+    if not key:
+        errors.add(node, where, "descriptor has empty key")
+        return None
+    value: str | None = None
+    if "value" in fields:
+        value = _scalar_text(fields["value"][1])
+    segment = key if value is None else f"{key}_{value}"
+    path = f"{parent_path}.{segment}" if parent_path else segment
+
+    flags = {
+        name: _bool(fields[name][1], f"{where}.{name}", errors)
+        for name in ("shadow_mode", "detailed_metric", "value_to_metric", "share_threshold", "quota_mode")
+        if name in fields
+    }
+    metadata: Any = None
+    if "metadata" in fields:
+        metadata = _constructor().construct_object(fields["metadata"][1], deep=True)
+
+    if "rate_limit" in fields and "rate_limits" in fields:
+        errors.add(node, where, "give either rate_limit or rate_limits, not both")
+    limits: list[Limit] = []
+    unlimited = False
+    replaces: set[str] = set()
+    has_rule = False
+    if "rate_limit" in fields:
+        has_rule = True
+        parsed = _limit(fields["rate_limit"][1], f"{where}.rate_limit", errors, allow_unlimited=True)
+        if parsed is not None:
+            limit, unlimited, names = parsed
+            replaces |= names
+            if limit is not None:
+                limits.append(limit)
+    elif "rate_limits" in fields:
+        has_rule = True
+        limits, replaces = _limit_list(fields["rate_limits"][1], f"{where}.rate_limits", errors)
+
+    own_names = {limit.name for limit in limits if limit.name}
+    for name in sorted(own_names & replaces):
+        errors.add(node, where, f"replaces should not contain name of same descriptor: '{name}'")
+
+    share_threshold = flags.get("share_threshold", False)
+    if share_threshold and (value is None or "*" not in value):
+        errors.add(node, f"{where}.share_threshold", "share_threshold needs a wildcard value")
+
+    children: list[DescriptorNode] = []
+    if "descriptors" in fields:
+        children = _descriptor_list(
+            fields["descriptors"][1], f"{where}.descriptors", domain, path, errors
+        )
+    if len(errors.items) > before:
+        return None
+    rule = None
+    if has_rule:
+        rule = Rule(
+            domain=domain,
+            path=path,
+            limits=tuple(limits),
+            unlimited=unlimited,
+            shadow_mode=flags.get("shadow_mode", False),
+            detailed_metric=flags.get("detailed_metric", False),
+            quota_mode=flags.get("quota_mode", False),
+            replaces=frozenset(replaces),
+            metadata=metadata,
+        )
+    return DescriptorNode(key, value, rule, share_threshold, children)
+
+
+def _limit_list(node: yaml.Node, where: str, errors: ErrorList) -> tuple[list[Limit], set[str]]:
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        errors.add(node, where, f"expected a non-empty list of limits, got {_kind(node)}")
+        return [], set()
+    limits: list[Limit] = []
+    replaces: set[str] = set()
+    seen: dict[str, int] = {}
+    for index, item in enumerate(node.value):
+        item_where = f"{where}[{index}]"
+        parsed = _limit(item, item_where, errors, allow_unlimited=False)
+        if parsed is None or parsed[0] is None:
+            continue
+        limit, _, names = parsed
+        replaces |= names
+        if limit.counter_id in seen:
+            errors.add(
+                item,
+                item_where,
+                f"a second {limit.algorithm.value} limit over {limit.period}s "
+                f"(the same as {where}[{seen[limit.counter_id]}]); merge them into one",
+            )
+            continue
+        seen[limit.counter_id] = index
+        limits.append(limit)
+    return limits, replaces
+
+
+def _limit(
+    node: yaml.Node, where: str, errors: ErrorList, allow_unlimited: bool
+) -> tuple[Limit | None, bool, set[str]] | None:
+    before = len(errors.items)
+    allowed = LIMIT_KEYS if allow_unlimited else LIMIT_KEYS - {"unlimited"}
+    fields = _mapping(node, where, allowed, errors)
+    if fields is None:
+        return None
+    unlimited = "unlimited" in fields and _bool(fields["unlimited"][1], f"{where}.unlimited", errors)
+    name = ""
+    if "name" in fields:
+        name = _text(fields["name"][1], f"{where}.name", errors) or ""
+    replaces = _replaces(fields["replaces"][1], f"{where}.replaces", errors) if "replaces" in fields else set()
+
+    unit: Unit | None = None
+    if "unit" in fields:
+        unit_text = _scalar_text(fields["unit"][1]) or ""
+        unit = Unit.parse(unit_text)
+        if unlimited:
+            errors.add(fields["unit"][1], f"{where}.unit", "should not specify rate limit unit when unlimited")
+        elif unit is None:
+            errors.add(
+                fields["unit"][1],
+                f"{where}.unit",
+                f"invalid rate limit unit '{unit_text}' (expected one of {UNIT_NAMES})",
+            )
+    elif not unlimited:
+        errors.add(node, where, f"invalid rate limit unit '' (expected one of {UNIT_NAMES})")
+    if unlimited:
+        for extra in ("algorithm", "burst", "unit_multiplier"):
+            if extra in fields:
+                errors.add(fields[extra][0], f"{where}.{extra}", f"should not specify {extra} when unlimited")
+        return (None, True, replaces) if len(errors.items) == before else None
+
+    requests = None
+    if "requests_per_unit" in fields:
+        requests = _int(fields["requests_per_unit"][1], f"{where}.requests_per_unit", errors, 0)
+    else:
+        errors.add(node, where, "requests_per_unit is required")
+    multiplier = 1
+    if "unit_multiplier" in fields:
+        multiplier = _int(fields["unit_multiplier"][1], f"{where}.unit_multiplier", errors, 1) or 1
+    algorithm = Algorithm.FIXED_WINDOW
+    if "algorithm" in fields:
+        algorithm_text = _scalar_text(fields["algorithm"][1]) or ""
+        try:
+            algorithm = Algorithm(algorithm_text.strip().lower())
+        except ValueError:
+            errors.add(
+                fields["algorithm"][1],
+                f"{where}.algorithm",
+                f"invalid algorithm '{algorithm_text}' (expected one of {ALGORITHM_NAMES})",
+            )
+    burst = None
+    if "burst" in fields:
+        burst = _int(fields["burst"][1], f"{where}.burst", errors, 1)
+        if algorithm is not Algorithm.TOKEN_BUCKET:
+            errors.add(fields["burst"][0], f"{where}.burst", "burst is only for algorithm token_bucket")
+    if len(errors.items) > before or unit is None or requests is None:
+        return None
+    return Limit(requests, unit, multiplier, algorithm, burst, name), False, replaces
+
+
+def _replaces(node: yaml.Node, where: str, errors: ErrorList) -> set[str]:
+    if not isinstance(node, yaml.SequenceNode):
+        errors.add(node, where, f"expected a list of {{name: ...}}, got {_kind(node)}")
+        return set()
+    names: set[str] = set()
+    for index, item in enumerate(node.value):
+        item_where = f"{where}[{index}]"
+        fields = _mapping(item, item_where, frozenset({"name"}), errors)
+        if fields is None:
+            continue
+        name = _scalar_text(fields["name"][1]) if "name" in fields else None
+        if not name:
+            errors.add(item, item_where, "should not have an empty replaces entry")
+            continue
+        names.add(name)
+    return names

@@ -1,0 +1,124 @@
+"""The decision logic, free of any transport: request in, decision out.
+
+It validates the request, matches each descriptor against the config, applies overrides,
+`unlimited`, `replaces` and shadow mode, asks the backend to charge what is left in one
+batch, and builds one status per descriptor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ratelimitd.backends.base import Backend, CounterRequest, CounterResult
+from ratelimitd.config.index import Match, RateLimitConfig
+from ratelimitd.errors import InvalidRequest
+from ratelimitd.keys import counter_base
+from ratelimitd.model import Code, Decision, Descriptor, Limit, Request, Rule, Status
+
+UNLIMITED_REMAINING = 2**32 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterOptions:
+    key_prefix: str = "ratelimitd:"
+    shadow_mode: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """What one descriptor will be charged, if anything."""
+
+    rule: Rule | None
+    limits: tuple[Limit, ...]
+    counter: CounterRequest | None
+
+
+class Limiter:
+    def __init__(
+        self, config: RateLimitConfig, backend: Backend, options: LimiterOptions | None = None
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.options = options or LimiterOptions()
+
+    async def should_rate_limit(self, request: Request) -> Decision:
+        validate(request)
+        config = self.config  # one snapshot for the whole request, even across a reload
+        plans = self._plan(config, request)
+        counters = [plan.counter for plan in plans if plan.counter is not None]
+        results = iter(await self.backend.hit(counters) if counters else [])
+        statuses = []
+        for plan in plans:
+            result = next(results) if plan.counter is not None else None
+            statuses.append(self._status(plan, result))
+        over = any(status.code is Code.OVER_LIMIT for status in statuses)
+        overall = Code.OVER_LIMIT if over and not self.options.shadow_mode else Code.OK
+        return Decision(overall, tuple(statuses))
+
+    def _plan(self, config: RateLimitConfig, request: Request) -> list[_Planned]:
+        matches = [self._match(config, request.domain, d) for d in request.descriptors]
+        replaced: set[str] = set()
+        for match in matches:
+            if match is not None:
+                replaced |= match.rule.replaces
+        plans = []
+        for descriptor, match in zip(request.descriptors, matches, strict=True):
+            if match is None or match.rule.unlimited:
+                plans.append(_Planned(match.rule if match else None, (), None))
+                continue
+            limits = tuple(limit for limit in match.rule.limits if limit.name not in replaced)
+            if not limits:
+                plans.append(_Planned(None, (), None))
+                continue
+            cost = request.hits_addend if descriptor.hits_addend is None else descriptor.hits_addend
+            base = counter_base(self.options.key_prefix, request.domain, match.counter_entries)
+            plans.append(_Planned(match.rule, limits, CounterRequest(base, limits, cost)))
+        return plans
+
+    @staticmethod
+    def _match(config: RateLimitConfig, domain: str, descriptor: Descriptor) -> Match | None:
+        if descriptor.override is None:
+            return config.match(domain, descriptor.entries)
+        if domain not in config.domains:
+            return None
+        # A limit sent by the caller replaces the configured one, never in shadow mode.
+        override = descriptor.override
+        limit = Limit(override.requests_per_unit, override.unit)
+        rule = Rule(domain=domain, path="(override)", limits=(limit,))
+        return Match(rule, descriptor.entries)
+
+    @staticmethod
+    def _status(plan: _Planned, result: CounterResult | None) -> Status:
+        if plan.rule is not None and plan.rule.unlimited:
+            return Status(Code.OK, None, UNLIMITED_REMAINING, 0.0)
+        if result is None:
+            return Status(Code.OK)
+        index = _most_restrictive(result)
+        limit = plan.limits[index]
+        limit_result = result.results[index]
+        over = not result.allowed
+        shadow = plan.rule is not None and plan.rule.shadow_mode
+        code = Code.OVER_LIMIT if over and not shadow else Code.OK
+        return Status(code, limit, max(limit_result.remaining, 0), max(limit_result.reset_after, 0.0))
+
+
+def _most_restrictive(result: CounterResult) -> int:
+    """The denying limit that frees up last, or else the one with the least left."""
+    indexed = list(enumerate(result.results))
+    if not result.allowed:
+        denying = [(r.reset_after, i) for i, r in indexed if not r.allowed]
+        return max(denying)[1]
+    return min((r.remaining, -r.reset_after, i) for i, r in indexed)[2]
+
+
+def validate(request: Request) -> None:
+    if not request.domain:
+        raise InvalidRequest("domain must not be empty")
+    if not request.descriptors:
+        raise InvalidRequest("descriptors must not be empty")
+    for position, descriptor in enumerate(request.descriptors):
+        if not descriptor.entries:
+            raise InvalidRequest(f"descriptors[{position}] has no entries")
+        for entry_position, (key, _) in enumerate(descriptor.entries):
+            if not key:
+                raise InvalidRequest(f"descriptors[{position}].entries[{entry_position}] has an empty key")

@@ -1,0 +1,158 @@
+"""Frozen values shared by config, limiter and backends.
+
+Nothing here knows about protobuf, YAML or Redis.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Unit(enum.Enum):
+    """A rate-limit unit. Values are Envoy's `RateLimitResponse.RateLimit.Unit` numbers."""
+
+    SECOND = 1
+    MINUTE = 2
+    HOUR = 3
+    DAY = 4
+    MONTH = 5
+    YEAR = 6
+    WEEK = 7
+
+    @property
+    def seconds(self) -> int:
+        return _UNIT_SECONDS[self]
+
+    @classmethod
+    def parse(cls, text: str) -> Unit | None:
+        """The unit named by `text`, case-insensitive, or None."""
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            return None
+
+
+# Months and years are fixed lengths, as envoyproxy/ratelimit counts them.
+_UNIT_SECONDS = {
+    Unit.SECOND: 1,
+    Unit.MINUTE: 60,
+    Unit.HOUR: 3600,
+    Unit.DAY: 86400,
+    Unit.WEEK: 7 * 86400,
+    Unit.MONTH: 30 * 86400,
+    Unit.YEAR: 365 * 86400,
+}
+
+
+class Algorithm(enum.Enum):
+    FIXED_WINDOW = "fixed_window"
+    SLIDING_WINDOW = "sliding_window"
+    TOKEN_BUCKET = "token_bucket"
+
+
+class Code(enum.Enum):
+    """Values are Envoy's `RateLimitResponse.Code` numbers."""
+
+    OK = 1
+    OVER_LIMIT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One limit: `requests_per_unit` per `unit_multiplier` × `unit`."""
+
+    requests_per_unit: int
+    unit: Unit
+    unit_multiplier: int = 1
+    algorithm: Algorithm = Algorithm.FIXED_WINDOW
+    burst: int | None = None
+    name: str = ""
+
+    @property
+    def period(self) -> int:
+        """The window length (or full refill time) in seconds."""
+        return self.unit.seconds * self.unit_multiplier
+
+    @property
+    def capacity(self) -> int:
+        """The most that can be admitted at once."""
+        if self.algorithm is Algorithm.TOKEN_BUCKET and self.burst is not None:
+            return self.burst
+        return self.requests_per_unit
+
+    @property
+    def counter_id(self) -> str:
+        """Tells apart the counters of several limits on one descriptor.
+
+        It leaves out `requests_per_unit`, so raising or lowering a limit keeps the count.
+        """
+        return f"{self.algorithm.value}:{self.period}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What one config node says about the descriptors that end on it."""
+
+    domain: str
+    path: str
+    limits: tuple[Limit, ...] = ()
+    unlimited: bool = False
+    shadow_mode: bool = False
+    detailed_metric: bool = False
+    quota_mode: bool = False
+    replaces: frozenset[str] = frozenset()
+    metadata: Any = None
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(limit.name for limit in self.limits if limit.name)
+
+
+Entry = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class LimitOverride:
+    requests_per_unit: int
+    unit: Unit
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    entries: tuple[Entry, ...]
+    override: LimitOverride | None = None
+    hits_addend: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    domain: str
+    descriptors: tuple[Descriptor, ...]
+    hits_addend: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LimitResult:
+    """The state of one limit after a hit (or a refused hit)."""
+
+    allowed: bool
+    remaining: int
+    reset_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The answer for one request descriptor."""
+
+    code: Code
+    limit: Limit | None = None
+    remaining: int = 0
+    reset_after: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    overall: Code
+    statuses: tuple[Status, ...] = field(default_factory=tuple)

@@ -1,0 +1,1 @@
+"""Transports: the gRPC services and the small HTTP server."""

@@ -1,0 +1,59 @@
+"""Every setting in one frozen dataclass; each field has a default and an env variable."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ratelimitd.errors import ConfigError
+
+ENV_PREFIX = "RATELIMITD_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    config: str = "/etc/ratelimitd/config"
+    host: str = "0.0.0.0"
+    grpc_port: int = 8081
+    http_port: int = 8080
+    shadow_mode: bool = False
+    key_prefix: str = "ratelimitd:"
+    log_level: str = "info"
+    redis_url: str = ""
+    max_message_bytes: int = 4 * 1024 * 1024
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Defaults, then `RATELIMITD_*` variables, then `overrides` that are not None."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + field.name.upper())
+            if raw is not None:
+                values[field.name] = _convert(field.name, field.type, raw)
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        return cls(**values)
+
+
+def _convert(name: str, kind: Any, raw: str) -> Any:
+    variable = ENV_PREFIX + name.upper()
+    if kind in (bool, "bool"):
+        text = raw.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ConfigError([f"{variable}: expected true or false, got '{raw}'"])
+    if kind in (int, "int"):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError([f"{variable}: expected a whole number, got '{raw}'"]) from None
+    return raw
