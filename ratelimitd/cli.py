@@ -20,9 +20,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the rate-limit service")
     serve.add_argument("--config", help="YAML file or directory (RATELIMITD_CONFIG)")
     serve.add_argument("--host", help="listen address (RATELIMITD_HOST, default 0.0.0.0)")
-    serve.add_argument("--grpc-port", type=int, help="gRPC port (RATELIMITD_GRPC_PORT, default 8081)")
-    serve.add_argument("--http-port", type=int, help="HTTP port (RATELIMITD_HTTP_PORT, default 8080)")
-    serve.add_argument("--redis-url", help="Redis URL; memory backend when absent (RATELIMITD_REDIS_URL)")
+    serve.add_argument(
+        "--grpc-port", type=int, help="gRPC port (RATELIMITD_GRPC_PORT, default 8081)"
+    )
+    serve.add_argument(
+        "--http-port", type=int, help="HTTP port (RATELIMITD_HTTP_PORT, default 8080)"
+    )
+    serve.add_argument(
+        "--redis-url", help="Redis URL; memory backend when absent (RATELIMITD_REDIS_URL)"
+    )
 
     check = commands.add_parser("check-config", help="validate config files and exit")
     check.add_argument("paths", nargs="+", help="YAML files or directories")

@@ -99,7 +99,9 @@ class Limiter:
         over = not result.allowed
         shadow = plan.rule is not None and plan.rule.shadow_mode
         code = Code.OVER_LIMIT if over and not shadow else Code.OK
-        return Status(code, limit, max(limit_result.remaining, 0), max(limit_result.reset_after, 0.0))
+        return Status(
+            code, limit, max(limit_result.remaining, 0), max(limit_result.reset_after, 0.0)
+        )
 
 
 def _most_restrictive(result: CounterResult) -> int:
@@ -121,4 +123,6 @@ def validate(request: Request) -> None:
             raise InvalidRequest(f"descriptors[{position}] has no entries")
         for entry_position, (key, _) in enumerate(descriptor.entries):
             if not key:
-                raise InvalidRequest(f"descriptors[{position}].entries[{entry_position}] has an empty key")
+                raise InvalidRequest(
+                    f"descriptors[{position}].entries[{entry_position}] has an empty key"
+                )

@@ -61,7 +61,7 @@ class Code(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Limit:
-    """One limit: `requests_per_unit` per `unit_multiplier` × `unit`."""
+    """One limit: `requests_per_unit` per `unit_multiplier` times `unit`."""
 
     requests_per_unit: int
     unit: Unit

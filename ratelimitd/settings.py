@@ -28,9 +28,7 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults, then `RATELIMITD_*` variables, then `overrides` that are not None."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}

@@ -15,4 +15,6 @@ def step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
     if allowed:
         count += cost
     window_end = window + period
-    return Outcome((window, count), LimitResult(allowed, capacity - count, window_end - now), window_end)
+    return Outcome(
+        (window, count), LimitResult(allowed, capacity - count, window_end - now), window_end
+    )

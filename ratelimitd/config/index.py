@@ -98,7 +98,9 @@ class DomainIndex:
 
 
 def build_domain(document: DomainDocument) -> DomainIndex:
-    return DomainIndex(document.domain, _build_level(document.descriptors), tuple(_rules(document.descriptors)))
+    return DomainIndex(
+        document.domain, _build_level(document.descriptors), tuple(_rules(document.descriptors))
+    )
 
 
 def _rules(nodes: list[DescriptorNode]) -> Iterator[Rule]:

@@ -42,24 +42,32 @@ def config_files(paths: Iterable[str | Path]) -> list[Path]:
 
 def load_config(paths: Iterable[str | Path]) -> RateLimitConfig:
     """Loads and validates every file; raises `ConfigError` listing every problem."""
+    paths = list(paths)
     files = config_files(paths)
-    errors: list[str] = []
-    documents: list[tuple[str, DomainDocument]] = []
-    digest = hashlib.sha256()
-    texts: list[str] = []
     if not files:
         raise ConfigError([f"{', '.join(map(str, paths))}: no config files found"])
+    errors: list[str] = []
+    sources: list[tuple[str, str]] = []
     for file in files:
         try:
-            text = file.read_text(encoding="utf-8")
+            sources.append((str(file), file.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError) as exc:
             errors.append(f"{file}: cannot read config file: {exc}")
-            continue
-        texts.append(text)
-        digest.update(str(file).encode() + b"\0" + text.encode() + b"\0")
-        file_errors, file_documents = parse_text(str(file), text)
+    return config_from_texts(sources, errors)
+
+
+def config_from_texts(
+    sources: list[tuple[str, str]], errors: list[str] | None = None
+) -> RateLimitConfig:
+    """Builds one config from `(file name, text)` pairs; raises `ConfigError`."""
+    errors = list(errors or [])
+    documents: list[tuple[str, DomainDocument]] = []
+    digest = hashlib.sha256()
+    for file, text in sources:
+        digest.update(file.encode() + b"\0" + text.encode() + b"\0")
+        file_errors, file_documents = parse_text(file, text)
         errors.extend(file_errors)
-        documents.extend((str(file), document) for document in file_documents)
+        documents.extend((file, document) for document in file_documents)
 
     domains = {}
     origin: dict[str, str] = {}
@@ -76,10 +84,10 @@ def load_config(paths: Iterable[str | Path]) -> RateLimitConfig:
         raise ConfigError(errors)
     return RateLimitConfig(
         domains=domains,
-        sources=tuple(str(file) for file in files),
+        sources=tuple(file for file, _ in sources),
         content_hash=digest.hexdigest(),
         loaded_at=time.time(),
-        texts=tuple(texts),
+        texts=tuple(text for _, text in sources),
     )
 
 

@@ -145,7 +145,9 @@ def _int(node: yaml.Node, where: str, errors: ErrorList, minimum: int) -> int | 
         number = int(_constructor().construct_yaml_int(node))
         if minimum <= number <= MAX_REQUESTS_PER_UNIT:
             return number
-        errors.add(node, where, f"must be between {minimum} and {MAX_REQUESTS_PER_UNIT}, got {number}")
+        errors.add(
+            node, where, f"must be between {minimum} and {MAX_REQUESTS_PER_UNIT}, got {number}"
+        )
         return None
     errors.add(node, where, f"expected a whole number, got {_kind(node)}")
     return None
@@ -227,7 +229,13 @@ def _descriptor(
 
     flags = {
         name: _bool(fields[name][1], f"{where}.{name}", errors)
-        for name in ("shadow_mode", "detailed_metric", "value_to_metric", "share_threshold", "quota_mode")
+        for name in (
+            "shadow_mode",
+            "detailed_metric",
+            "value_to_metric",
+            "share_threshold",
+            "quota_mode",
+        )
         if name in fields
     }
     metadata: Any = None
@@ -242,7 +250,9 @@ def _descriptor(
     has_rule = False
     if "rate_limit" in fields:
         has_rule = True
-        parsed = _limit(fields["rate_limit"][1], f"{where}.rate_limit", errors, allow_unlimited=True)
+        parsed = _limit(
+            fields["rate_limit"][1], f"{where}.rate_limit", errors, allow_unlimited=True
+        )
         if parsed is not None:
             limit, unlimited, names = parsed
             replaces |= names
@@ -293,9 +303,11 @@ def _limit_list(node: yaml.Node, where: str, errors: ErrorList) -> tuple[list[Li
     for index, item in enumerate(node.value):
         item_where = f"{where}[{index}]"
         parsed = _limit(item, item_where, errors, allow_unlimited=False)
-        if parsed is None or parsed[0] is None:
+        if parsed is None:
             continue
         limit, _, names = parsed
+        if limit is None:
+            continue
         replaces |= names
         if limit.counter_id in seen:
             errors.add(
@@ -318,18 +330,28 @@ def _limit(
     fields = _mapping(node, where, allowed, errors)
     if fields is None:
         return None
-    unlimited = "unlimited" in fields and _bool(fields["unlimited"][1], f"{where}.unlimited", errors)
+    unlimited = "unlimited" in fields and _bool(
+        fields["unlimited"][1], f"{where}.unlimited", errors
+    )
     name = ""
     if "name" in fields:
         name = _text(fields["name"][1], f"{where}.name", errors) or ""
-    replaces = _replaces(fields["replaces"][1], f"{where}.replaces", errors) if "replaces" in fields else set()
+    replaces = (
+        _replaces(fields["replaces"][1], f"{where}.replaces", errors)
+        if "replaces" in fields
+        else set()
+    )
 
     unit: Unit | None = None
     if "unit" in fields:
         unit_text = _scalar_text(fields["unit"][1]) or ""
         unit = Unit.parse(unit_text)
         if unlimited:
-            errors.add(fields["unit"][1], f"{where}.unit", "should not specify rate limit unit when unlimited")
+            errors.add(
+                fields["unit"][1],
+                f"{where}.unit",
+                "should not specify rate limit unit when unlimited",
+            )
         elif unit is None:
             errors.add(
                 fields["unit"][1],
@@ -341,7 +363,11 @@ def _limit(
     if unlimited:
         for extra in ("algorithm", "burst", "unit_multiplier"):
             if extra in fields:
-                errors.add(fields[extra][0], f"{where}.{extra}", f"should not specify {extra} when unlimited")
+                errors.add(
+                    fields[extra][0],
+                    f"{where}.{extra}",
+                    f"should not specify {extra} when unlimited",
+                )
         return (None, True, replaces) if len(errors.items) == before else None
 
     requests = None
@@ -367,7 +393,9 @@ def _limit(
     if "burst" in fields:
         burst = _int(fields["burst"][1], f"{where}.burst", errors, 1)
         if algorithm is not Algorithm.TOKEN_BUCKET:
-            errors.add(fields["burst"][0], f"{where}.burst", "burst is only for algorithm token_bucket")
+            errors.add(
+                fields["burst"][0], f"{where}.burst", "burst is only for algorithm token_bucket"
+            )
     if len(errors.items) > before or unit is None or requests is None:
         return None
     return Limit(requests, unit, multiplier, algorithm, burst, name), False, replaces

@@ -18,7 +18,7 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
     def __init__(self, limiter: Limiter) -> None:
         self.limiter = limiter
 
-    async def ShouldRateLimit(  # noqa: N802 - the RPC's name
+    async def ShouldRateLimit(
         self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext
     ) -> rls_pb2.RateLimitResponse:
         try:
@@ -26,5 +26,7 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except BackendError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"rate-limit backend unavailable: {exc}")
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"rate-limit backend unavailable: {exc}"
+            )
         return decision_to_proto(decision)

@@ -1,0 +1,19 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+import textwrap
+
+from ratelimitd.config import RateLimitConfig, config_from_texts
+from ratelimitd.model import Descriptor, Entry, Request
+
+
+def config(text: str, name: str = "test.yaml") -> RateLimitConfig:
+    return config_from_texts([(name, textwrap.dedent(text))])
+
+
+def request(domain: str, *descriptors: list[Entry] | Descriptor, hits: int = 1) -> Request:
+    built = tuple(
+        d if isinstance(d, Descriptor) else Descriptor(entries=tuple(d)) for d in descriptors
+    )
+    return Request(domain=domain, descriptors=built, hits_addend=hits)
