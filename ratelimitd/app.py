@@ -14,9 +14,10 @@ from grpc_reflection.v1alpha import reflection
 
 from ratelimitd.backends.base import Backend
 from ratelimitd.backends.memory import MemoryBackend
+from ratelimitd.backends.redis import RedisBackend
+from ratelimitd.backends.redis_client import RedisOptions
 from ratelimitd.clock import Clock
 from ratelimitd.config import RateLimitConfig, load_config
-from ratelimitd.errors import ConfigError
 from ratelimitd.limiter import Limiter, LimiterOptions
 from ratelimitd.server.grpc_service import RateLimitServicer
 from ratelimitd.server.http import HttpServer, Response, text
@@ -28,8 +29,16 @@ ENVOY_SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_nam
 
 
 def make_backend(settings: Settings, clock: Clock | None = None) -> Backend:
+    """Redis when a URL is set, else memory. A `clock` is for tests only."""
     if settings.redis_url:
-        raise ConfigError(["RATELIMITD_REDIS_URL: the Redis backend is not available yet"])
+        options = RedisOptions(
+            url=settings.redis_url,
+            timeout_s=settings.redis_timeout_ms / 1000,
+            tls_ca=settings.redis_tls_ca,
+            tls_cert=settings.redis_tls_cert,
+            tls_key=settings.redis_tls_key,
+        )
+        return RedisBackend(options, clock=clock, local_cache=settings.local_cache)
     return MemoryBackend(clock)
 
 
@@ -49,7 +58,11 @@ class App:
         self.limiter = Limiter(
             self.config,
             self.backend,
-            LimiterOptions(key_prefix=settings.key_prefix, shadow_mode=settings.shadow_mode),
+            LimiterOptions(
+                key_prefix=settings.key_prefix,
+                shadow_mode=settings.shadow_mode,
+                backend_failure=settings.backend_failure,
+            ),
         )
         self.health = health.aio.HealthServicer()
         self.grpc_server: grpc.aio.Server | None = None

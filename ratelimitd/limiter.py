@@ -7,21 +7,24 @@ batch, and builds one status per descriptor.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from ratelimitd.backends.base import Backend, CounterRequest, CounterResult
 from ratelimitd.config.index import Match, RateLimitConfig
-from ratelimitd.errors import InvalidRequest
+from ratelimitd.errors import BackendError, InvalidRequest
 from ratelimitd.keys import counter_base
 from ratelimitd.model import Code, Decision, Descriptor, Limit, Request, Rule, Status
 
 UNLIMITED_REMAINING = 2**32 - 1
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class LimiterOptions:
     key_prefix: str = "ratelimitd:"
     shadow_mode: bool = False
+    backend_failure: str = "error"  # error | allow | deny, when the backend fails
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +49,10 @@ class Limiter:
         config = self.config  # one snapshot for the whole request, even across a reload
         plans = self._plan(config, request)
         counters = [plan.counter for plan in plans if plan.counter is not None]
-        results = iter(await self.backend.hit(counters) if counters else [])
+        try:
+            results = iter(await self.backend.hit(counters) if counters else [])
+        except BackendError as exc:
+            return self._on_backend_failure(plans, exc)
         statuses = []
         for plan in plans:
             result = next(results) if plan.counter is not None else None
@@ -74,6 +80,22 @@ class Limiter:
             base = counter_base(self.options.key_prefix, request.domain, match.counter_entries)
             plans.append(_Planned(match.rule, limits, CounterRequest(base, limits, cost)))
         return plans
+
+    def _on_backend_failure(self, plans: list[_Planned], exc: BackendError) -> Decision:
+        """`RATELIMITD_BACKEND_FAILURE`: re-raise (error), or answer OK (allow) or deny."""
+        mode = self.options.backend_failure
+        log.warning(
+            "backend failure (%s), answering per backend_failure=%s: %s", exc.kind, mode, exc
+        )
+        if mode == "allow":
+            return Decision(Code.OK, tuple(Status(Code.OK) for _ in plans))
+        if mode == "deny":
+            statuses = tuple(
+                Status(Code.OVER_LIMIT, plan.limits[0]) if plan.counter else Status(Code.OK)
+                for plan in plans
+            )
+            return Decision(Code.OVER_LIMIT, statuses)
+        raise exc
 
     @staticmethod
     def _match(config: RateLimitConfig, domain: str, descriptor: Descriptor) -> Match | None:

@@ -13,6 +13,7 @@ from ratelimitd.errors import ConfigError
 ENV_PREFIX = "RATELIMITD_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+BACKEND_FAILURE_MODES = ("error", "allow", "deny")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,12 @@ class Settings:
     key_prefix: str = "ratelimitd:"
     log_level: str = "info"
     redis_url: str = ""
+    redis_timeout_ms: int = 100
+    redis_tls_ca: str = ""
+    redis_tls_cert: str = ""
+    redis_tls_key: str = ""
+    backend_failure: str = "error"
+    local_cache: bool = False
     max_message_bytes: int = 4 * 1024 * 1024
 
     @classmethod
@@ -37,7 +44,23 @@ class Settings:
             if raw is not None:
                 values[field.name] = _convert(field.name, field.type, raw)
         values.update({name: value for name, value in overrides.items() if value is not None})
-        return cls(**values)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        problems = []
+        if self.backend_failure not in BACKEND_FAILURE_MODES:
+            problems.append(
+                f"RATELIMITD_BACKEND_FAILURE: expected one of {', '.join(BACKEND_FAILURE_MODES)}, "
+                f"got '{self.backend_failure}'"
+            )
+        if self.redis_timeout_ms <= 0:
+            problems.append(
+                f"RATELIMITD_REDIS_TIMEOUT_MS: must be positive, got {self.redis_timeout_ms}"
+            )
+        if problems:
+            raise ConfigError(problems)
 
 
 def _convert(name: str, kind: Any, raw: str) -> Any:

@@ -396,6 +396,12 @@ def _limit(
             errors.add(
                 fields["burst"][0], f"{where}.burst", "burst is only for algorithm token_bucket"
             )
+    if algorithm is Algorithm.TOKEN_BUCKET and requests == 0:
+        errors.add(
+            fields["requests_per_unit"][1],
+            f"{where}.requests_per_unit",
+            "a token_bucket needs requests_per_unit of at least 1 (its refill rate)",
+        )
     if len(errors.items) > before or unit is None or requests is None:
         return None
     return Limit(requests, unit, multiplier, algorithm, burst, name), False, replaces

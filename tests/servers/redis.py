@@ -25,6 +25,7 @@ import importlib.util
 import os
 import platform
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -153,7 +154,7 @@ def _free_cluster_port() -> int:
     a valid port number.
     """
     for _ in range(500):
-        port = random.randint(20000, 30000)
+        port = random.randint(20000, 29999)
         if _port_is_free(port) and _port_is_free(port + 10000):
             return port
     raise RuntimeError("could not find a free port pair (p, p + 10000) for a cluster node")
@@ -353,29 +354,36 @@ class RedisServer:
         """Start the process (no-op if running) and wait until PING answers."""
         if self.running:
             return self
-        attempts = 1 if (self._fixed_port or self._started_once) else 5
-        for attempt in range(attempts):
-            try:
-                self._spawn_and_wait()
-            except _AddressInUseError:
-                self._reap()
-                if attempt + 1 >= attempts:
-                    raise RuntimeError(
-                        f"{self.name}: port {self.port} is already in use\n{self.log_tail()}"
-                    ) from None
-                self.port = self._port_factory()
-                continue
-            self._started_once = True
-            return self
+        first_start = not self._started_once
+        # A port picked by us may have been grabbed in the meantime: pick another
+        # one.  Never for an explicit port, nor on restart (the port must stay).
+        attempts = 5 if (first_start and not self._fixed_port) else 1
+        try:
+            for attempt in range(attempts):
+                try:
+                    self._spawn_and_wait()
+                except _AddressInUseError:
+                    self._reap()
+                    if attempt + 1 >= attempts:
+                        raise RuntimeError(
+                            f"{self.name}: port {self.port} is already in use\n{self.log_tail()}"
+                        ) from None
+                    self._remove_dir()  # drop state files that mention the old port
+                    self.port = self._port_factory()
+                    continue
+                self._started_once = True
+                return self
+        except BaseException:
+            if first_start:
+                self._remove_dir()  # the error message already carries the log tail
+            raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the server, wait for it to exit (SIGKILL after ``timeout``),
         and remove its directory."""
         self._terminate(signal.SIGTERM, timeout)
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
+        self._remove_dir()
 
     def kill(self) -> None:
         """SIGKILL the server (simulated crash).  Its directory is kept so that
@@ -402,7 +410,8 @@ class RedisServer:
         return f"--- last {lines} lines of {path} ---\n{tail}"
 
     def info(self, section: str) -> dict[str, str]:
-        """``INFO <section>`` as a ``str -> str`` mapping."""
+        """``INFO <section>`` as a ``str -> str`` mapping (``"cluster"`` means
+        ``CLUSTER INFO``, which has ``cluster_state``)."""
         with _control_client(self.host, self.port) as c:
             return _info(c, section)
 
@@ -444,11 +453,19 @@ class RedisServer:
             "no",
             "--dir",
             str(directory),
+            # Full syncs start at once instead of after the default 5 s delay.
+            "--repl-diskless-sync-delay",
+            "0",
         ]
         if self.replicaof is not None:
             cmd += ["--replicaof", self.replicaof[0], str(self.replicaof[1])]
         cmd += self.extra_args
         return cmd
+
+    def _remove_dir(self) -> None:
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
 
     def _ensure_dir(self) -> Path:
         if self.dir is None or not self.dir.is_dir():
@@ -494,7 +511,7 @@ class RedisServer:
                     if "Address already in use" in tail and not self._fixed_port:
                         raise _AddressInUseError(tail)
                     raise RuntimeError(
-                        f"{self.name} ({' '.join(self._last_command)}) exited with "
+                        f"{self.name} ({shlex.join(self._last_command)}) exited with "
                         f"code {code} during startup\n{tail}"
                     )
                 try:
@@ -1001,6 +1018,15 @@ class RedisSentinelSetup:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def discover_master(self) -> tuple[str, int]:
+        """The master address as currently reported by the sentinel (it differs
+        from ``master`` after a failover)."""
+        with _control_client(self.sentinel.host, self.sentinel.port) as c:
+            addr = _cmd(c, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+        if not addr:
+            raise RuntimeError(f"sentinel does not know master {self.master_name!r}")
+        return str(addr[0]), int(addr[1])
 
     def _sentinel_ready(self) -> bool:
         name = self.master_name

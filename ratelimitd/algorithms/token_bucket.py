@@ -1,0 +1,34 @@
+"""Token bucket: holds up to `burst` tokens, refilled at `requests_per_unit` per period.
+
+A hit takes `cost` tokens when it can. `reset_after` is, when denied, the time until enough
+tokens refill for the same cost; when allowed, the time until the bucket is full again.
+A cost above `burst` never fits and is denied. The config requires `requests_per_unit >= 1`
+for this algorithm, so the rate is never zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ratelimitd.algorithms.base import Outcome, State
+from ratelimitd.model import Limit, LimitResult
+
+
+def step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
+    capacity = limit.capacity
+    rate = limit.requests_per_unit / limit.period
+    if state is None:
+        tokens = float(capacity)
+    else:
+        tokens = min(float(capacity), state[0] + max(now - state[1], 0.0) * rate)
+    allowed = tokens >= 1 if cost == 0 else cost <= tokens
+    if allowed:
+        tokens -= cost
+    full_after = (capacity - tokens) / rate
+    if allowed or cost > capacity:
+        reset_after = full_after
+    else:
+        reset_after = (max(cost, 1) - tokens) / rate
+    return Outcome(
+        (tokens, now), LimitResult(allowed, math.floor(tokens), reset_after), now + full_after
+    )

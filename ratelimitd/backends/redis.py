@@ -1,0 +1,211 @@
+"""The Redis counter store: one atomic Lua script per descriptor, pipelined across callers.
+
+Every limit of a descriptor is checked and charged by one script call (all or nothing), on
+one Cluster slot thanks to the shared hash tag in its keys. Time comes from Redis (`TIME`
+inside the script), so replicas with skewed clocks agree; a test may pass a fake clock, whose
+time is then sent as an argument instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ratelimitd.backends.base import CounterRequest, CounterResult
+from ratelimitd.backends.batching import Batcher
+from ratelimitd.backends.redis_client import RedisOptions, describe, make_client
+from ratelimitd.clock import Clock
+from ratelimitd.errors import BackendError
+from ratelimitd.model import LimitResult
+
+SCRIPT_PARTS = ("prelude", "fixed_window", "sliding_window", "token_bucket", "hit")
+
+
+def load_hit_script() -> str:
+    """The algorithm scripts and the dispatcher, as one script."""
+    folder = importlib.resources.files("ratelimitd.backends") / "lua"
+    return "\n".join((folder / f"{part}.lua").read_text(encoding="utf-8") for part in SCRIPT_PARTS)
+
+
+HIT_SCRIPT = load_hit_script()
+
+
+def script_args(request: CounterRequest, now: str) -> list[Any]:
+    args: list[Any] = [request.cost, now]
+    for limit in request.limits:
+        args += [limit.algorithm.value, limit.requests_per_unit, limit.period, limit.capacity]
+    return args
+
+
+def parse_reply(reply: Sequence[int]) -> CounterResult:
+    results = tuple(
+        LimitResult(bool(reply[i]), int(reply[i + 1]), int(reply[i + 2]) / 1000)
+        for i in range(1, len(reply), 3)
+    )
+    return CounterResult(bool(reply[0]), results)
+
+
+class OverLimitCache:
+    """Remembers denials until they lapse, so a hammered key costs no round trip.
+
+    A cached denial answers only requests for the same limits with at least the same cost.
+    Entries are bounded; the oldest go first.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        # (base, limits) -> (until, cost, result)
+        self._entries: OrderedDict[tuple[str, int], tuple[float, int, CounterResult]] = (
+            OrderedDict()
+        )
+        self.hits = 0
+
+    def get(self, request: CounterRequest, now: float) -> CounterResult | None:
+        key = (request.base, hash(request.limits))
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        until, cost, result = entry
+        if until <= now:
+            del self._entries[key]
+            return None
+        if request.cost < cost:
+            return None
+        self.hits += 1
+        left = until - now
+        return CounterResult(
+            False,
+            tuple(
+                LimitResult(
+                    r.allowed, r.remaining, r.reset_after if r.allowed else min(r.reset_after, left)
+                )
+                for r in result.results
+            ),
+        )
+
+    def put(self, request: CounterRequest, result: CounterResult, now: float) -> None:
+        if result.allowed or request.cost == 0:
+            return
+        until = now + max(r.reset_after for r in result.results if not r.allowed)
+        key = (request.base, hash(request.limits))
+        self._entries[key] = (until, request.cost, result)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+class RedisBackend:
+    name = "redis"
+
+    def __init__(
+        self,
+        options: RedisOptions,
+        clock: Clock | None = None,
+        local_cache: bool = False,
+        client: Any = None,
+    ) -> None:
+        self.options = options
+        self.client = client if client is not None else make_client(options)
+        self._clock = clock
+        self._sha = ""
+        self._batcher: Batcher[CounterRequest, CounterResult] = Batcher(self._send)
+        self.cache = OverLimitCache() if local_cache else None
+        self.round_trips = 0
+        self.commands = 0
+        self.name = f"redis ({describe(options.url)})"
+
+    async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
+        now = time.monotonic()
+        results: list[CounterResult | None] = []
+        futures = []
+        for request in requests:
+            cached = self.cache.get(request, now) if self.cache is not None else None
+            results.append(cached)
+            if cached is None:
+                futures.append(self._batcher.submit(request))
+        if futures:
+            answers = iter(await self._wait(futures))
+            results = [result if result is not None else next(answers) for result in results]
+        if self.cache is not None:
+            for request, result in zip(requests, results, strict=True):
+                assert result is not None
+                self.cache.put(request, result, now)
+        return [result for result in results if result is not None]
+
+    async def _wait(self, futures: list[asyncio.Future[CounterResult]]) -> list[CounterResult]:
+        try:
+            async with asyncio.timeout(self.options.timeout_s):
+                return list(await asyncio.gather(*futures))
+        except TimeoutError:
+            for future in futures:
+                future.cancel()
+            raise BackendError(
+                f"Redis did not answer within {self.options.timeout_s * 1000:.0f} ms",
+                kind="timeout",
+            ) from None
+
+    async def _send(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
+        now = repr(self._clock.now()) if self._clock is not None else ""
+        try:
+            if not self._sha:
+                self._sha = await self.client.script_load(HIT_SCRIPT)
+            replies = await self._pipeline(requests, now)
+            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:  # after a failover or SCRIPT FLUSH: load again and resend those
+                self._sha = await self.client.script_load(HIT_SCRIPT)
+                again = await self._pipeline([requests[i] for i in missing], now)
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+        except RedisTimeoutError as exc:
+            raise BackendError(f"Redis timed out: {exc}", kind="timeout") from exc
+        except RedisError as exc:
+            raise BackendError(
+                f"Redis failed: {type(exc).__name__}: {exc}", kind="connection"
+            ) from exc
+        results = []
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise BackendError(f"Redis script failed: {reply}", kind="script") from reply
+            results.append(parse_reply(reply))
+        return results
+
+    async def _pipeline(self, requests: Sequence[CounterRequest], now: str) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for request in requests:
+            keys = [request.key(limit) for limit in request.limits]
+            pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *script_args(request, now))
+        self.round_trips += 1
+        self.commands += len(requests)
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def reset(self, requests: Sequence[CounterRequest]) -> int:
+        keys = [request.key(limit) for request in requests for limit in request.limits]
+        if not keys:
+            return 0
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:  # one DEL per key: keys of different descriptors may be on other slots
+                pipe.delete(key)
+            return sum(int(n) for n in await pipe.execute())
+        except RedisError as exc:
+            raise BackendError(
+                f"Redis failed: {type(exc).__name__}: {exc}", kind="connection"
+            ) from exc
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(max(self.options.timeout_s, 0.5)):
+                return bool(await self.client.ping())
+        except (RedisError, TimeoutError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self._batcher.close()
+        await self.client.aclose()
