@@ -30,9 +30,9 @@ def config_files(paths: Iterable[str | Path]) -> list[Path]:
                 sorted(
                     child
                     for child in path.iterdir()
-                    if child.suffix in CONFIG_SUFFIXES
+                    if child.suffix.lower() in CONFIG_SUFFIXES
                     and not child.name.startswith(".")
-                    and child.is_file()
+                    and not child.is_dir()
                 )
             )
         else:
@@ -51,8 +51,12 @@ def load_config(paths: Iterable[str | Path]) -> RateLimitConfig:
     for file in files:
         try:
             sources.append((str(file), file.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError) as exc:
-            errors.append(f"{file}: cannot read config file: {exc}")
+        except OSError as exc:
+            errors.append(f"{file}: cannot read config file: {exc.strerror or exc}")
+        except UnicodeDecodeError as exc:
+            errors.append(
+                f"{file}: cannot read config file: not UTF-8 text (at byte {exc.start}: {exc.reason})"
+            )
     return config_from_texts(sources, errors)
 
 
@@ -99,7 +103,7 @@ def parse_text(file: str, text: str) -> tuple[list[str], list[DomainDocument]]:
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.YAMLError as exc:
         return [f"{file}: error loading config file: {_one_line(exc)}"], []
-    real = [node for node in nodes if node is not None]
+    real = [node for node in nodes if node is not None and not _is_empty_document(node)]
     if not real:
         errors.items.append(f"{file}: config file cannot have empty domain")
     for node in real:
@@ -107,6 +111,15 @@ def parse_text(file: str, text: str) -> tuple[list[str], list[DomainDocument]]:
         if document is not None:
             documents.append(document)
     return errors.items, documents if not errors.items else []
+
+
+def _is_empty_document(node: yaml.Node) -> bool:
+    """An explicit but empty document, as after a trailing `---`."""
+    return (
+        isinstance(node, yaml.ScalarNode)
+        and node.tag == "tag:yaml.org,2002:null"
+        and not node.value
+    )
 
 
 def _one_line(exc: yaml.YAMLError) -> str:

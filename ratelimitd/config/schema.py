@@ -165,6 +165,11 @@ def parse_document(node: yaml.Node, errors: ErrorList) -> DomainDocument | None:
     if fields is None:
         return None
     domain = ""
+    if "domain" in fields and not isinstance(fields["domain"][1], yaml.ScalarNode):
+        errors.add(
+            fields["domain"][1], "domain", f"expected a string, got {_kind(fields['domain'][1])}"
+        )
+        return None
     if "domain" in fields:
         domain = _scalar_text(fields["domain"][1]) or ""
     if not domain:
@@ -217,13 +222,23 @@ def _descriptor(
     fields = _mapping(node, where, DESCRIPTOR_KEYS, errors)
     if fields is None:
         return None
+    if "key" in fields and not isinstance(fields["key"][1], yaml.ScalarNode):
+        errors.add(
+            fields["key"][1], f"{where}.key", f"expected a string, got {_kind(fields['key'][1])}"
+        )
+        return None
     key = _scalar_text(fields["key"][1]) if "key" in fields else None
     if not key:
         errors.add(node, where, "descriptor has empty key")
         return None
     value: str | None = None
     if "value" in fields:
-        value = _scalar_text(fields["value"][1])
+        value_node = fields["value"][1]
+        if not isinstance(value_node, yaml.ScalarNode):
+            errors.add(value_node, f"{where}.value", f"expected a string, got {_kind(value_node)}")
+            return None
+        # An empty value is no value: the key-only default, as upstream reads it.
+        value = _scalar_text(value_node) or None
     segment = key if value is None else f"{key}_{value}"
     path = f"{parent_path}.{segment}" if parent_path else segment
 
@@ -295,7 +310,8 @@ def _descriptor(
 
 def _limit_list(node: yaml.Node, where: str, errors: ErrorList) -> tuple[list[Limit], set[str]]:
     if not isinstance(node, yaml.SequenceNode) or not node.value:
-        errors.add(node, where, f"expected a non-empty list of limits, got {_kind(node)}")
+        got = "an empty list" if isinstance(node, yaml.SequenceNode) else _kind(node)
+        errors.add(node, where, f"expected a non-empty list of limits, got {got}")
         return [], set()
     limits: list[Limit] = []
     replaces: set[str] = set()
@@ -359,7 +375,7 @@ def _limit(
                 f"invalid rate limit unit '{unit_text}' (expected one of {UNIT_NAMES})",
             )
     elif not unlimited:
-        errors.add(node, where, f"invalid rate limit unit '' (expected one of {UNIT_NAMES})")
+        errors.add(node, where, f"rate limit unit is required (one of {UNIT_NAMES})")
     if unlimited:
         for extra in ("algorithm", "burst", "unit_multiplier"):
             if extra in fields:
