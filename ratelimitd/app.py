@@ -12,6 +12,7 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ratelimitd import metrics
 from ratelimitd.backends.base import Backend
 from ratelimitd.backends.memory import MemoryBackend
 from ratelimitd.backends.redis import RedisBackend
@@ -66,7 +67,9 @@ class App:
         )
         self.health = health.aio.HealthServicer()
         self.grpc_server: grpc.aio.Server | None = None
-        self.http_server = HttpServer({("GET", "/healthcheck"): self._healthcheck})
+        self.http_server = HttpServer(
+            {("GET", "/healthcheck"): self._healthcheck, ("GET", "/metrics"): self._metrics}
+        )
         self.grpc_port = 0
         self.http_port = 0
         self.ready = False
@@ -100,7 +103,7 @@ class App:
             settings.host,
             self.grpc_port,
             self.http_port,
-            self.backend.name,
+            self.backend.description,
         )
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -112,6 +115,9 @@ class App:
         await self.http_server.stop()
         await self.backend.close()
         log.info("ratelimitd stopped")
+
+    async def _metrics(self, _: bytes) -> Response:
+        return 200, "text/plain; version=0.0.4; charset=utf-8", metrics.exposition()
 
     async def _healthcheck(self, _: bytes) -> Response:
         if self.ready and await self.backend.ping():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from ratelimitd import metrics
 from ratelimitd.backends.base import Backend, CounterRequest, CounterResult
 from ratelimitd.config.index import Match, RateLimitConfig
 from ratelimitd.errors import BackendError, InvalidRequest
@@ -52,7 +53,10 @@ class Limiter:
         try:
             results = iter(await self.backend.hit(counters) if counters else [])
         except BackendError as exc:
+            metrics.BACKEND_ERRORS.labels(self.backend.name, exc.kind).inc()
             return self._on_backend_failure(plans, exc)
+        if counters:
+            metrics.DECISIONS.labels(self.backend.name).inc(len(counters))
         statuses = []
         for plan in plans:
             result = next(results) if plan.counter is not None else None

@@ -31,7 +31,8 @@ class CounterResult:
 
 
 class Backend(Protocol):
-    name: str
+    name: str  # a short, fixed label for metrics
+    description: str  # for logs: which store, where (no secrets)
 
     async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
         """Applies every request atomically per request; raises `BackendError` on failure."""

@@ -16,6 +16,7 @@ from ratelimitd.clock import Clock, SystemClock
 
 class MemoryBackend:
     name = "memory"
+    description = "memory (in-process, not shared between processes)"
 
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock = clock or SystemClock()

@@ -15,9 +15,11 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ratelimitd import metrics
 from ratelimitd.backends.base import CounterRequest, CounterResult
 from ratelimitd.backends.batching import Batcher
 from ratelimitd.backends.redis_client import RedisOptions, describe, make_client
@@ -115,11 +117,16 @@ class RedisBackend:
         self.client = client if client is not None else make_client(options)
         self._clock = clock
         self._sha = ""
-        self._batcher: Batcher[CounterRequest, CounterResult] = Batcher(self._send)
+        # one batcher per Cluster node (just one otherwise), so each node's pipeline fills
+        # while that node's previous one is out
+        self._batchers: dict[str, Batcher[CounterRequest, CounterResult]] = {}
         self.cache = OverLimitCache() if local_cache else None
+        self.cluster = isinstance(self.client, RedisCluster)
+        self.description = describe(options.url)
+        self._round_trips = metrics.BACKEND_ROUND_TRIPS.labels(self.name)
+        self._commands = metrics.BACKEND_COMMANDS.labels(self.name)
         self.round_trips = 0
         self.commands = 0
-        self.name = f"redis ({describe(options.url)})"
 
     async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
         now = time.monotonic()
@@ -129,11 +136,12 @@ class RedisBackend:
             cached = self.cache.get(request, now) if self.cache is not None else None
             results.append(cached)
             if cached is None:
-                futures.append(self._batcher.submit(request))
+                futures.append(self._batcher_for(request).submit(request))
         if futures:
             answers = iter(await self._wait(futures))
             results = [result if result is not None else next(answers) for result in results]
         if self.cache is not None:
+            metrics.LOCAL_CACHE_HITS.inc(len(requests) - len(futures))
             for request, result in zip(requests, results, strict=True):
                 assert result is not None
                 self.cache.put(request, result, now)
@@ -183,7 +191,22 @@ class RedisBackend:
             pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *script_args(request, now))
         self.round_trips += 1
         self.commands += len(requests)
+        self._round_trips.inc()
+        self._commands.inc(len(requests))
         return list(await pipe.execute(raise_on_error=False))
+
+    def _batcher_for(self, request: CounterRequest) -> Batcher[CounterRequest, CounterResult]:
+        node = ""
+        if self.cluster:
+            try:
+                slot = self.client.keyslot(request.base)
+                node = self.client.nodes_manager.get_node_from_slot(slot).name
+            except (RedisError, IndexError, KeyError):
+                node = ""  # not yet initialised or mid-failover: any batch will do
+        batcher = self._batchers.get(node)
+        if batcher is None:
+            batcher = self._batchers[node] = Batcher(self._send)
+        return batcher
 
     async def reset(self, requests: Sequence[CounterRequest]) -> int:
         keys = [request.key(limit) for request in requests for limit in request.limits]
@@ -207,5 +230,6 @@ class RedisBackend:
             return False
 
     async def close(self) -> None:
-        await self._batcher.close()
+        for batcher in self._batchers.values():
+            await batcher.close()
         await self.client.aclose()
