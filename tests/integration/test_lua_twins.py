@@ -1,0 +1,76 @@
+"""Each Lua script gives the same answers as its Python twin, on random traffic (hypothesis)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ratelimitd.backends.base import CounterRequest, CounterResult
+from ratelimitd.backends.memory import MemoryBackend
+from ratelimitd.backends.redis import RedisBackend
+from ratelimitd.backends.redis_client import RedisOptions
+from ratelimitd.clock import FakeClock
+from ratelimitd.model import Algorithm, Limit, Unit
+from tests.servers.redis import RedisServer
+
+T0 = 1_700_000_100.0
+_runs = itertools.count()
+
+limits = st.builds(
+    Limit,
+    requests_per_unit=st.integers(1, 20),
+    unit=st.sampled_from([Unit.SECOND, Unit.MINUTE]),
+    unit_multiplier=st.integers(1, 3),
+    algorithm=st.sampled_from(list(Algorithm)),
+    burst=st.none() | st.integers(1, 40),
+)
+traffic = st.lists(
+    st.tuples(
+        st.floats(min_value=0, max_value=5, allow_nan=False).map(lambda x: round(x, 3)),
+        st.integers(0, 5),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+async def replay(url: str, limit_set: tuple[Limit, ...], hits: list[tuple[float, int]]) -> None:
+    memory_clock, redis_clock = FakeClock(T0), FakeClock(T0)
+    memory = MemoryBackend(memory_clock)
+    redis = RedisBackend(RedisOptions(url=url, timeout_s=5.0), clock=redis_clock)
+    base = f"twin{next(_runs)}:{{k}}"
+    try:
+        for gap, cost in hits:
+            memory_clock.advance(gap)
+            redis_clock.advance(gap)
+            request = CounterRequest(base, limit_set, cost)
+            (expected,) = await memory.hit([request])
+            (got,) = await redis.hit([request])
+            assert same(expected, got), (gap, cost, expected, got)
+    finally:
+        await redis.close()
+
+
+def same(a: CounterResult, b: CounterResult) -> bool:
+    return a.allowed == b.allowed and all(
+        x.allowed == y.allowed
+        and x.remaining == y.remaining
+        and abs(x.reset_after - y.reset_after) <= 0.0011
+        for x, y in zip(a.results, b.results, strict=True)
+    )
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(limits, min_size=1, max_size=3, unique_by=lambda limit: limit.counter_id).map(tuple),
+    traffic,
+)
+def test_lua_matches_python(
+    redis_server_session: RedisServer, limit_set: tuple[Limit, ...], hits: list[tuple[float, int]]
+) -> None:
+    asyncio.run(replay(redis_server_session.url, limit_set, hits))
