@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ratelimitd import metrics
+from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2_grpc as admin_pb2_grpc
 from ratelimitd.backends.base import Backend
 from ratelimitd.backends.memory import MemoryBackend
 from ratelimitd.backends.redis import RedisBackend
@@ -20,6 +21,8 @@ from ratelimitd.backends.redis_client import RedisOptions
 from ratelimitd.clock import Clock
 from ratelimitd.config import RateLimitConfig, load_config
 from ratelimitd.limiter import Limiter, LimiterOptions
+from ratelimitd.server.admin_service import SERVICE_NAME as ADMIN_SERVICE
+from ratelimitd.server.admin_service import AdminServicer
 from ratelimitd.server.grpc_service import RateLimitServicer
 from ratelimitd.server.http import HttpServer, Response, text
 from ratelimitd.settings import Settings
@@ -27,6 +30,7 @@ from ratelimitd.settings import Settings
 log = logging.getLogger("ratelimitd")
 
 ENVOY_SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
+HEALTH_SERVICES = ("", ENVOY_SERVICE, ADMIN_SERVICE)
 
 
 def make_backend(settings: Settings, clock: Clock | None = None) -> Backend:
@@ -73,6 +77,8 @@ class App:
         self.grpc_port = 0
         self.http_port = 0
         self.ready = False
+        self.backend_healthy: bool | None = None
+        self._monitor: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -83,9 +89,12 @@ class App:
             ]
         )
         rls_pb2_grpc.add_RateLimitServiceServicer_to_server(RateLimitServicer(self.limiter), server)
+        admin_pb2_grpc.add_RateLimitAdminServicer_to_server(  # type: ignore[no-untyped-call]
+            AdminServicer(self.limiter, settings.read_admin_token), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (ENVOY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (ENVOY_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         self.grpc_port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
         if self.grpc_port == 0:
@@ -93,9 +102,13 @@ class App:
         await server.start()
         self.grpc_server = server
         self.http_port = await self.http_server.start(settings.host, settings.http_port)
-        for service in ("", ENVOY_SERVICE):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.ready = True
+        await self._check_backend()
+        self._monitor = asyncio.get_running_loop().create_task(self._watch_backend())
+        if not settings.read_admin_token():
+            log.warning(
+                "no RATELIMITD_ADMIN_TOKEN or RATELIMITD_ADMIN_TOKEN_FILE: the admin API refuses every call"
+            )
         for line in self.config.summary():
             log.info("loaded %s", line)
         log.info(
@@ -106,9 +119,38 @@ class App:
             self.backend.description,
         )
 
+    async def _check_backend(self) -> None:
+        """Sets gRPC health from the backend's answer, logging each change."""
+        healthy = self.ready and await self.backend.ping()
+        if healthy != self.backend_healthy:
+            log_at = log.info if healthy else log.warning
+            log_at(
+                "backend %s is %s",
+                self.backend.description,
+                "reachable" if healthy else "unreachable",
+            )
+        self.backend_healthy = healthy
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if healthy
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in HEALTH_SERVICES:
+            await self.health.set(service, status)
+
+    async def _watch_backend(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_interval_s)
+            try:
+                await self._check_backend()
+            except Exception:  # the watcher must outlive any one bad check
+                log.exception("health check failed")
+
     async def stop(self, grace: float = 5.0) -> None:
         self.ready = False
-        for service in ("", ENVOY_SERVICE):
+        if self._monitor is not None:
+            self._monitor.cancel()
+        for service in HEALTH_SERVICES:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)

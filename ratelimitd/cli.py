@@ -1,4 +1,4 @@
-"""`ratelimitd serve | check-config`."""
+"""`ratelimitd serve | check-config | query`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from ratelimitd import query
 from ratelimitd.config import load_config
 from ratelimitd.errors import ConfigError
 from ratelimitd.settings import Settings
@@ -32,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate config files and exit")
     check.add_argument("paths", nargs="+", help="YAML files or directories")
+
+    query_parser = commands.add_parser(
+        "query", help="ask a running ratelimitd (exit 0 allowed, 1 over limit, 2 error)"
+    )
+    query.add_arguments(query_parser)
     return parser
 
 
@@ -39,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
         return check_config(args.paths)
+    if args.command == "query":
+        return query.run(args)
     try:
         settings = Settings.from_env(
             config=args.config,

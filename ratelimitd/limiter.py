@@ -15,7 +15,16 @@ from ratelimitd.backends.base import Backend, CounterRequest, CounterResult
 from ratelimitd.config.index import Match, RateLimitConfig
 from ratelimitd.errors import BackendError, InvalidRequest
 from ratelimitd.keys import counter_base
-from ratelimitd.model import Code, Decision, Descriptor, Limit, Request, Rule, Status
+from ratelimitd.model import (
+    Code,
+    Decision,
+    Descriptor,
+    Limit,
+    LimitResult,
+    Request,
+    Rule,
+    Status,
+)
 
 UNLIMITED_REMAINING = 2**32 - 1
 log = logging.getLogger(__name__)
@@ -26,6 +35,16 @@ class LimiterOptions:
     key_prefix: str = "ratelimitd:"
     shadow_mode: bool = False
     backend_failure: str = "error"  # error | allow | deny, when the backend fails
+
+
+@dataclass(frozen=True, slots=True)
+class LimitState:
+    """One matched limit as `peek` sees it."""
+
+    descriptor_index: int
+    rule: Rule
+    limit: Limit
+    result: LimitResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +83,36 @@ class Limiter:
         over = any(status.code is Code.OVER_LIMIT for status in statuses)
         overall = Code.OVER_LIMIT if over and not self.options.shadow_mode else Code.OK
         return Decision(overall, tuple(statuses))
+
+    async def peek(self, request: Request) -> list[LimitState]:
+        """Where every limit the descriptors match stands, consuming nothing."""
+        validate(request)
+        config = self.config
+        states: list[LimitState] = []
+        probes: list[tuple[int, Rule, CounterRequest]] = []
+        for index, descriptor in enumerate(request.descriptors):
+            match = self._match(config, request.domain, descriptor)
+            if match is None or not match.rule.limits:
+                continue
+            base = counter_base(self.options.key_prefix, request.domain, match.counter_entries)
+            probes.append((index, match.rule, CounterRequest(base, match.rule.limits, 0)))
+        results = await self.backend.hit([probe for _, _, probe in probes]) if probes else []
+        for (index, rule, probe), result in zip(probes, results, strict=True):
+            for limit, limit_result in zip(probe.limits, result.results, strict=True):
+                states.append(LimitState(index, rule, limit, limit_result))
+        return states
+
+    async def reset(self, request: Request) -> int:
+        """Clears the counters of every limit the descriptors match; returns how many existed."""
+        validate(request)
+        config = self.config
+        counters = []
+        for descriptor in request.descriptors:
+            match = self._match(config, request.domain, descriptor)
+            if match is not None and match.rule.limits:
+                base = counter_base(self.options.key_prefix, request.domain, match.counter_entries)
+                counters.append(CounterRequest(base, match.rule.limits, 0))
+        return await self.backend.reset(counters) if counters else 0
 
     def _plan(self, config: RateLimitConfig, request: Request) -> list[_Planned]:
         matches = [self._match(config, request.domain, d) for d in request.descriptors]

@@ -32,6 +32,20 @@ class Settings:
     redis_tls_key: str = ""
     backend_failure: str = "error"
     local_cache: bool = False
+    admin_token: str = ""
+    admin_token_file: str = ""
+    health_interval_s: float = 1.0
+
+    def read_admin_token(self) -> str:
+        """The admin token, read again each time so a rotated token file takes effect."""
+        if self.admin_token_file:
+            try:
+                with open(self.admin_token_file, encoding="utf-8") as token_file:
+                    return token_file.read().strip()
+            except OSError:
+                return ""  # unreadable: the admin API refuses every call
+        return self.admin_token
+
     max_message_bytes: int = 4 * 1024 * 1024
 
     @classmethod
@@ -77,4 +91,9 @@ def _convert(name: str, kind: Any, raw: str) -> Any:
             return int(raw)
         except ValueError:
             raise ConfigError([f"{variable}: expected a whole number, got '{raw}'"]) from None
+    if kind in (float, "float"):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError([f"{variable}: expected a number, got '{raw}'"]) from None
     return raw
