@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 
 import grpc
@@ -20,17 +19,23 @@ from ratelimitd.backends.redis import RedisBackend
 from ratelimitd.backends.redis_client import RedisOptions
 from ratelimitd.clock import Clock
 from ratelimitd.config import RateLimitConfig, load_config
+from ratelimitd.config.reloader import ConfigReloader
 from ratelimitd.limiter import Limiter, LimiterOptions
+from ratelimitd.logs import get_logger
 from ratelimitd.server.admin_service import SERVICE_NAME as ADMIN_SERVICE
 from ratelimitd.server.admin_service import AdminServicer
 from ratelimitd.server.grpc_service import RateLimitServicer
-from ratelimitd.server.http import HttpServer, Response, text
+from ratelimitd.server.http import HttpServer
+from ratelimitd.server.http_api import routes
+from ratelimitd.server.tls import ReloadingCredentials
 from ratelimitd.settings import Settings
 
-log = logging.getLogger("ratelimitd")
+log = get_logger("ratelimitd")
 
 ENVOY_SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
 HEALTH_SERVICES = ("", ENVOY_SERVICE, ADMIN_SERVICE)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def make_backend(settings: Settings, clock: Clock | None = None) -> Backend:
@@ -58,34 +63,51 @@ class App:
         clock: Clock | None = None,
     ) -> None:
         self.settings = settings
-        self.config = config if config is not None else load_config([settings.config])
+        if config is None:
+            config = load_config([settings.config])
+            metrics.CONFIG_LOADS.labels("success").inc()
+        metrics.set_config_hash(config.content_hash)
         self.backend = backend if backend is not None else make_backend(settings, clock)
         self.limiter = Limiter(
-            self.config,
+            config,
             self.backend,
             LimiterOptions(
                 key_prefix=settings.key_prefix,
                 shadow_mode=settings.shadow_mode,
                 backend_failure=settings.backend_failure,
+                near_limit_ratio=settings.near_limit_ratio,
+                detailed_metric_max_values=settings.detailed_metric_max_values,
             ),
         )
+        self.reloader = ConfigReloader([settings.config], self.apply_config, settings.config_poll_s)
         self.health = health.aio.HealthServicer()
         self.grpc_server: grpc.aio.Server | None = None
-        self.http_server = HttpServer(
-            {("GET", "/healthcheck"): self._healthcheck, ("GET", "/metrics"): self._metrics}
-        )
+        self.http_server = HttpServer(routes(self.limiter, self.healthy))
         self.grpc_port = 0
         self.http_port = 0
         self.ready = False
-        self.backend_healthy: bool | None = None
-        self._monitor: asyncio.Task[None] | None = None
+        self.backend_healthy = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def config(self) -> RateLimitConfig:
+        return self.limiter.config
+
+    def apply_config(self, config: RateLimitConfig) -> None:
+        """Swaps the config in one assignment: a call in flight keeps the one it started with."""
+        self.limiter.config = config
+        metrics.set_config_hash(config.content_hash)
+
+    def healthy(self) -> bool:
+        return self.ready and self.backend_healthy
 
     async def start(self) -> None:
         settings = self.settings
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
-                ("grpc.so_reuseport", 0),
+                # several worker processes share the port; a lone process must not
+                ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
             ]
         )
         rls_pb2_grpc.add_RateLimitServiceServicer_to_server(RateLimitServicer(self.limiter), server)
@@ -96,27 +118,41 @@ class App:
         reflection.enable_server_reflection(
             (ENVOY_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        self.grpc_port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        address = f"{settings.host}:{settings.grpc_port}"
+        if settings.tls_cert:
+            credentials = ReloadingCredentials(
+                settings.tls_cert, settings.tls_key, settings.tls_client_ca
+            )
+            self.grpc_port = server.add_secure_port(address, credentials.server_credentials())
+        else:
+            self.grpc_port = server.add_insecure_port(address)
         if self.grpc_port == 0:
-            raise OSError(f"cannot listen for gRPC on {settings.host}:{settings.grpc_port}")
+            raise OSError(f"cannot listen for gRPC on {address}")
         await server.start()
         self.grpc_server = server
-        self.http_port = await self.http_server.start(settings.host, settings.http_port)
+        self.http_port = await self.http_server.start(
+            settings.host, settings.http_port, reuse_port=settings.reuse_port
+        )
         self.ready = True
         await self._check_backend()
-        self._monitor = asyncio.get_running_loop().create_task(self._watch_backend())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._watch_backend())]
+        if settings.config_poll_s > 0:
+            self._tasks.append(loop.create_task(self.reloader.watch()))
         if not settings.read_admin_token():
             log.warning(
                 "no RATELIMITD_ADMIN_TOKEN or RATELIMITD_ADMIN_TOKEN_FILE: the admin API refuses every call"
             )
         for line in self.config.summary():
-            log.info("loaded %s", line)
+            log.info("config loaded", summary=line, content_hash=self.config.content_hash)
         log.info(
-            "ratelimitd listening on %s (gRPC %d, HTTP %d), backend %s",
-            settings.host,
-            self.grpc_port,
-            self.http_port,
-            self.backend.description,
+            "ratelimitd listening",
+            host=settings.host,
+            grpc_port=self.grpc_port,
+            http_port=self.http_port,
+            tls=bool(settings.tls_cert),
+            mtls=bool(settings.tls_client_ca),
+            backend=self.backend.description,
         )
 
     async def _check_backend(self) -> None:
@@ -124,19 +160,10 @@ class App:
         healthy = self.ready and await self.backend.ping()
         if healthy != self.backend_healthy:
             log_at = log.info if healthy else log.warning
-            log_at(
-                "backend %s is %s",
-                self.backend.description,
-                "reachable" if healthy else "unreachable",
-            )
+            log_at("backend state changed", backend=self.backend.description, reachable=healthy)
         self.backend_healthy = healthy
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if healthy
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
         for service in HEALTH_SERVICES:
-            await self.health.set(service, status)
+            await self.health.set(service, SERVING if healthy else NOT_SERVING)
 
     async def _watch_backend(self) -> None:
         while True:
@@ -146,29 +173,23 @@ class App:
             except Exception:  # the watcher must outlive any one bad check
                 log.exception("health check failed")
 
-    async def stop(self, grace: float = 5.0) -> None:
+    async def stop(self, grace: float | None = None) -> None:
+        """Turns unhealthy, refuses new calls, lets calls in flight finish within `grace`."""
+        grace = self.settings.shutdown_grace_s if grace is None else grace
         self.ready = False
-        if self._monitor is not None:
-            self._monitor.cancel()
+        for task in self._tasks:
+            task.cancel()
         for service in HEALTH_SERVICES:
-            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.health.set(service, NOT_SERVING)
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)
         await self.http_server.stop()
         await self.backend.close()
         log.info("ratelimitd stopped")
 
-    async def _metrics(self, _: bytes) -> Response:
-        return 200, "text/plain; version=0.0.4; charset=utf-8", metrics.exposition()
-
-    async def _healthcheck(self, _: bytes) -> Response:
-        if self.ready and await self.backend.ping():
-            return text(200, "OK")
-        return text(503, "NOT READY")
-
 
 async def serve(settings: Settings) -> None:
-    """Runs until SIGTERM or SIGINT."""
+    """Runs until SIGTERM or SIGINT; SIGHUP reloads the config."""
     app = App(settings)
     await app.start()
     stopping = asyncio.Event()
@@ -176,6 +197,8 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stopping.set)
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, lambda: app.reloader.reload("SIGHUP"))
     await stopping.wait()
-    log.info("shutting down")
+    log.info("shutting down", grace_s=settings.shutdown_grace_s)
     await app.stop()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 
-from ratelimitd import query
+from ratelimitd import logs, query
 from ratelimitd.config import load_config
 from ratelimitd.errors import ConfigError
 from ratelimitd.settings import Settings
@@ -29,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--redis-url", help="Redis URL; memory backend when absent (RATELIMITD_REDIS_URL)"
+    )
+
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="processes sharing the ports; needs Redis (RATELIMITD_WORKERS, default 1)",
     )
 
     check = commands.add_parser("check-config", help="validate config files and exit")
@@ -54,14 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             grpc_port=args.grpc_port,
             http_port=args.http_port,
             redis_url=args.redis_url,
+            workers=args.workers,
         )
     except ConfigError as exc:
         _print_errors(exc)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        from ratelimitd.workers import supervise
+
+        return supervise(settings)
     try:
         asyncio.run(_serve(settings))
     except ConfigError as exc:

@@ -7,7 +7,6 @@ batch, and builds one status per descriptor.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from ratelimitd import metrics
@@ -15,10 +14,12 @@ from ratelimitd.backends.base import Backend, CounterRequest, CounterResult
 from ratelimitd.config.index import Match, RateLimitConfig
 from ratelimitd.errors import BackendError, InvalidRequest
 from ratelimitd.keys import counter_base
+from ratelimitd.logs import get_logger, hashed
 from ratelimitd.model import (
     Code,
     Decision,
     Descriptor,
+    Entry,
     Limit,
     LimitResult,
     Request,
@@ -27,7 +28,7 @@ from ratelimitd.model import (
 )
 
 UNLIMITED_REMAINING = 2**32 - 1
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,8 @@ class LimiterOptions:
     key_prefix: str = "ratelimitd:"
     shadow_mode: bool = False
     backend_failure: str = "error"  # error | allow | deny, when the backend fails
+    near_limit_ratio: float = 0.8
+    detailed_metric_max_values: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,7 @@ class _Planned:
     rule: Rule | None
     limits: tuple[Limit, ...]
     counter: CounterRequest | None
+    entries: tuple[Entry, ...] = ()
 
 
 class Limiter:
@@ -63,6 +67,9 @@ class Limiter:
         self.config = config
         self.backend = backend
         self.options = options or LimiterOptions()
+        self.rule_metrics = metrics.RuleMetrics(
+            self.options.near_limit_ratio, self.options.detailed_metric_max_values
+        )
 
     async def should_rate_limit(self, request: Request) -> Decision:
         validate(request)
@@ -79,10 +86,30 @@ class Limiter:
         statuses = []
         for plan in plans:
             result = next(results) if plan.counter is not None else None
-            statuses.append(self._status(plan, result))
+            status = self._status(plan, result)
+            if result is not None:
+                self._observe(plan, status, result)
+            statuses.append(status)
         over = any(status.code is Code.OVER_LIMIT for status in statuses)
         overall = Code.OVER_LIMIT if over and not self.options.shadow_mode else Code.OK
         return Decision(overall, tuple(statuses))
+
+    def _observe(self, plan: _Planned, status: Status, result: CounterResult) -> None:
+        """Per-rule metrics, and a debug line for each denial."""
+        rule, counter, limit = plan.rule, plan.counter, status.limit
+        assert rule is not None and counter is not None and limit is not None
+        detail = "_".join(value for _, value in plan.entries) if rule.detailed_metric else ""
+        over = not result.allowed
+        self.rule_metrics.record(rule, detail, counter.cost, limit.capacity, status.remaining, over)
+        if over:
+            log.debug(
+                "over limit",
+                rule=rule.path,
+                keys=[key for key, _ in plan.entries],
+                values=detail if rule.detailed_metric else [hashed(v) for _, v in plan.entries],
+                limit=limit.name or limit.counter_id,
+                shadow_mode=rule.shadow_mode,
+            )
 
     async def peek(self, request: Request) -> list[LimitState]:
         """Where every limit the descriptors match stands, consuming nothing."""
@@ -131,15 +158,14 @@ class Limiter:
                 continue
             cost = request.hits_addend if descriptor.hits_addend is None else descriptor.hits_addend
             base = counter_base(self.options.key_prefix, request.domain, match.counter_entries)
-            plans.append(_Planned(match.rule, limits, CounterRequest(base, limits, cost)))
+            counter = CounterRequest(base, limits, cost)
+            plans.append(_Planned(match.rule, limits, counter, descriptor.entries))
         return plans
 
     def _on_backend_failure(self, plans: list[_Planned], exc: BackendError) -> Decision:
         """`RATELIMITD_BACKEND_FAILURE`: re-raise (error), or answer OK (allow) or deny."""
         mode = self.options.backend_failure
-        log.warning(
-            "backend failure (%s), answering per backend_failure=%s: %s", exc.kind, mode, exc
-        )
+        log.warning("backend failure", kind=exc.kind, backend_failure=mode, error=str(exc))
         if mode == "allow":
             return Decision(Code.OK, tuple(Status(Code.OK) for _ in plans))
         if mode == "deny":

@@ -1,11 +1,72 @@
-"""Every Prometheus metric in one place. Label values are bounded: never raw request values."""
+"""Every Prometheus metric in one place, with a `ratelimitd_` prefix.
+
+Label values are bounded: rules are labelled by their configured path, never by a request
+value, except `detailed_metric` rules, whose values are capped per rule (`RuleMetrics`).
+With `--workers`, prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR) sums the
+workers' values at `/metrics`.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+import os
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from ratelimitd.model import Rule
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+RULE_LABELS = ["domain", "rule"]
 
+TOTAL_HITS = Counter(
+    "ratelimitd_total_hits", "Hits asked for, per rule.", RULE_LABELS, registry=REGISTRY
+)
+OVER_LIMIT = Counter(
+    "ratelimitd_over_limit", "Hits over the limit, per rule.", RULE_LABELS, registry=REGISTRY
+)
+NEAR_LIMIT = Counter(
+    "ratelimitd_near_limit",
+    "Hits admitted above RATELIMITD_NEAR_LIMIT_RATIO of the limit, per rule.",
+    RULE_LABELS,
+    registry=REGISTRY,
+)
+WITHIN_LIMIT = Counter(
+    "ratelimitd_within_limit", "Hits admitted, per rule.", RULE_LABELS, registry=REGISTRY
+)
+SHADOW_MODE = Counter(
+    "ratelimitd_shadow_mode",
+    "Hits over the limit that shadow mode let through, per rule.",
+    RULE_LABELS,
+    registry=REGISTRY,
+)
+REQUEST_LATENCY = Histogram(
+    "ratelimitd_request_duration_seconds",
+    "Time to answer one call, by method.",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    registry=REGISTRY,
+)
+BACKEND_LATENCY = Histogram(
+    "ratelimitd_backend_duration_seconds",
+    "Time of one round trip to the counter store.",
+    ["backend"],
+    buckets=(0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    registry=REGISTRY,
+)
+BACKEND_BATCH_SIZE = Histogram(
+    "ratelimitd_backend_decisions_per_round_trip",
+    "Descriptor decisions sent in one round trip.",
+    ["backend"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+    registry=REGISTRY,
+)
 DECISIONS = Counter(
     "ratelimitd_decisions",
     "Descriptor decisions made, by the backend that counted them.",
@@ -14,7 +75,7 @@ DECISIONS = Counter(
 )
 BACKEND_ROUND_TRIPS = Counter(
     "ratelimitd_backend_round_trips",
-    "Round trips to the counter store (one pipeline is one round trip per node).",
+    "Round trips to the counter store.",
     ["backend"],
     registry=REGISTRY,
 )
@@ -35,7 +96,88 @@ LOCAL_CACHE_HITS = Counter(
     "Decisions answered OVER_LIMIT from the local over-limit cache without a round trip.",
     registry=REGISTRY,
 )
+CONFIG_LOADS = Counter(
+    "ratelimitd_config_loads", "Config loads and reloads, by result.", ["result"], registry=REGISTRY
+)
+CONFIG_INFO = Gauge(
+    "ratelimitd_config_info",
+    "The loaded config: 1 for its content hash.",
+    ["hash"],
+    multiprocess_mode="livemax",
+    registry=REGISTRY,
+)
+DETAILED_OTHER = "_other_"
+
+
+def set_config_hash(content_hash: str) -> None:
+    CONFIG_INFO.clear()
+    CONFIG_INFO.labels(content_hash).set(1)
+
+
+@dataclass(slots=True)
+class _Children:
+    total: Counter
+    over: Counter
+    near: Counter
+    within: Counter
+    shadow: Counter
+
+
+class RuleMetrics:
+    """The labelled counters of each rule, made once and reused on every hit.
+
+    A `detailed_metric` rule gets one series per request value, up to `max_values` per rule;
+    later values share the series `rule_other_`, so no request can blow up /metrics.
+    """
+
+    def __init__(self, near_ratio: float = 0.8, max_values: int = 100) -> None:
+        self.near_ratio = near_ratio
+        self.max_values = max_values
+        self._children: dict[tuple[str, str], _Children] = {}
+        self._values_seen: dict[tuple[str, str], set[str]] = {}
+
+    def record(
+        self, rule: Rule, detail: str, cost: int, capacity: int, remaining: int, over: bool
+    ) -> None:
+        children = self._for(rule, detail)
+        children.total.inc(cost)
+        if over:
+            children.over.inc(cost)
+            if rule.shadow_mode:
+                children.shadow.inc(cost)
+        elif capacity - remaining > capacity * self.near_ratio:
+            children.near.inc(cost)
+            children.within.inc(cost)
+        else:
+            children.within.inc(cost)
+
+    def _for(self, rule: Rule, detail: str) -> _Children:
+        path = rule.path
+        if rule.detailed_metric:
+            seen = self._values_seen.setdefault((rule.domain, rule.path), set())
+            if detail not in seen and len(seen) >= self.max_values:
+                detail = DETAILED_OTHER
+            else:
+                seen.add(detail)
+            path = f"{rule.path}_{detail}"
+        key = (rule.domain, path)
+        children = self._children.get(key)
+        if children is None:
+            labels = (rule.domain, path)
+            children = self._children[key] = _Children(
+                TOTAL_HITS.labels(*labels),
+                OVER_LIMIT.labels(*labels),
+                NEAR_LIMIT.labels(*labels),
+                WITHIN_LIMIT.labels(*labels),
+                SHADOW_MODE.labels(*labels),
+            )
+        return children
 
 
 def exposition() -> bytes:
+    """The text format; summed over worker processes in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
     return generate_latest(REGISTRY)

@@ -35,6 +35,16 @@ class Settings:
     admin_token: str = ""
     admin_token_file: str = ""
     health_interval_s: float = 1.0
+    log_format: str = "console"
+    config_poll_s: float = 1.0
+    near_limit_ratio: float = 0.8
+    detailed_metric_max_values: int = 100
+    shutdown_grace_s: float = 10.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    workers: int = 1
+    reuse_port: bool = False  # set for worker processes sharing the ports
 
     def read_admin_token(self) -> str:
         """The admin token, read again each time so a rotated token file takes effect."""
@@ -68,6 +78,27 @@ class Settings:
             problems.append(
                 f"RATELIMITD_BACKEND_FAILURE: expected one of {', '.join(BACKEND_FAILURE_MODES)}, "
                 f"got '{self.backend_failure}'"
+            )
+        if self.log_format not in ("json", "console"):
+            problems.append(
+                f"RATELIMITD_LOG_FORMAT: expected json or console, got '{self.log_format}'"
+            )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            problems.append("RATELIMITD_TLS_CERT and RATELIMITD_TLS_KEY: give both or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            problems.append(
+                "RATELIMITD_TLS_CLIENT_CA: needs RATELIMITD_TLS_CERT and RATELIMITD_TLS_KEY"
+            )
+        if self.workers < 1:
+            problems.append(f"RATELIMITD_WORKERS: must be at least 1, got {self.workers}")
+        if self.workers > 1 and not self.redis_url:
+            problems.append(
+                "RATELIMITD_WORKERS: more than one worker needs RATELIMITD_REDIS_URL; "
+                "the memory backend's counters would not be shared between workers"
+            )
+        if not 0 < self.near_limit_ratio <= 1:
+            problems.append(
+                f"RATELIMITD_NEAR_LIMIT_RATIO: must be in (0, 1], got {self.near_limit_ratio}"
             )
         if self.redis_timeout_ms <= 0:
             problems.append(

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import logging
+import time
 
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
+from ratelimitd import metrics
 from ratelimitd.errors import BackendError, InvalidRequest
 from ratelimitd.limiter import Limiter
+from ratelimitd.logs import bind_request
 from ratelimitd.server.convert import decision_to_proto, request_from_proto
 
-log = logging.getLogger(__name__)
+_LATENCY = metrics.REQUEST_LATENCY.labels("ShouldRateLimit")
 
 
 class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
@@ -21,6 +23,12 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
     async def ShouldRateLimit(
         self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext
     ) -> rls_pb2.RateLimitResponse:
+        started = time.perf_counter()
+        bind_request(rpc="ShouldRateLimit", domain=request.domain)
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            # the caller has given up: spend no round trip on it
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline had passed")
         try:
             decision = await self.limiter.should_rate_limit(request_from_proto(request))
         except InvalidRequest as exc:
@@ -29,4 +37,6 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, f"rate-limit backend unavailable: {exc}"
             )
-        return decision_to_proto(decision)
+        response = decision_to_proto(decision)
+        _LATENCY.observe(time.perf_counter() - started)
+        return response

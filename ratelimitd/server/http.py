@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
-log = logging.getLogger(__name__)
+from ratelimitd.logs import get_logger
+
+log = get_logger(__name__)
 
 Response = tuple[int, str, bytes]
 Handler = Callable[[bytes], Awaitable[Response]]
@@ -31,8 +32,10 @@ class HttpServer:
         self.routes = routes
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
+        self._server = await asyncio.start_server(
+            self._serve, host, port, reuse_address=True, reuse_port=reuse_port or None
+        )
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:

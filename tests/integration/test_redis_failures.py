@@ -130,7 +130,7 @@ async def test_starts_with_redis_down_and_connects_when_it_comes_up(
 ) -> None:
     port = free_port()
     backend = RedisBackend(RedisOptions(url=f"redis://127.0.0.1:{port}", timeout_s=TIMEOUT_S))
-    app = await start_server(RULES, backend=backend)
+    app = await start_server(RULES, backend=backend, health_interval_s=0.05)
     assert await asyncio.to_thread(health, app) == 503
     stub = rls_pb2_grpc.RateLimitServiceStub(
         grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
@@ -138,6 +138,10 @@ async def test_starts_with_redis_down_and_connects_when_it_comes_up(
     _, reply = await timed_call(stub)
     assert isinstance(reply, grpc.aio.AioRpcError) and reply.code() == grpc.StatusCode.UNAVAILABLE
     with RedisServer(port=port):
+        for _ in range(100):
+            if await asyncio.to_thread(health, app) == 200:
+                break
+            await asyncio.sleep(0.05)
         assert await asyncio.to_thread(health, app) == 200
         await wait_recovered(stub)
 
