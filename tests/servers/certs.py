@@ -37,6 +37,7 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
 
 
 def make_certs(folder: Path) -> CertFiles:
+    folder.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     valid = (now - datetime.timedelta(hours=1), now + datetime.timedelta(days=1))
     ca_key = ec.generate_private_key(ec.SECP256R1())
