@@ -20,7 +20,7 @@ from ratelimitd.backends.redis_client import RedisOptions
 from ratelimitd.clock import Clock
 from ratelimitd.config import RateLimitConfig, load_config
 from ratelimitd.config.reloader import ConfigReloader
-from ratelimitd.limiter import Limiter, LimiterOptions
+from ratelimitd.limiter import Bounds, Limiter, LimiterOptions
 from ratelimitd.logs import get_logger
 from ratelimitd.server.admin_service import SERVICE_NAME as ADMIN_SERVICE
 from ratelimitd.server.admin_service import AdminServicer
@@ -77,6 +77,12 @@ class App:
                 backend_failure=settings.backend_failure,
                 near_limit_ratio=settings.near_limit_ratio,
                 detailed_metric_max_values=settings.detailed_metric_max_values,
+                bounds=Bounds(
+                    max_descriptors=settings.max_descriptors,
+                    max_entries=settings.max_entries,
+                    max_key_length=settings.max_key_length,
+                    max_value_length=settings.max_value_length,
+                ),
             ),
         )
         self.reloader = ConfigReloader([settings.config], self.apply_config, settings.config_poll_s)

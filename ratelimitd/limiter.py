@@ -7,7 +7,7 @@ batch, and builds one status per descriptor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ratelimitd import metrics
 from ratelimitd.backends.base import Backend, CounterRequest, CounterResult
@@ -32,12 +32,24 @@ log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
+class Bounds:
+    """What one request may hold; anything beyond is INVALID_ARGUMENT, never a crash."""
+
+    max_descriptors: int = 256
+    max_entries: int = 32
+    max_key_length: int = 1024
+    max_value_length: int = 4096
+    max_hits: int = 2**32 - 1
+
+
+@dataclass(frozen=True, slots=True)
 class LimiterOptions:
     key_prefix: str = "ratelimitd:"
     shadow_mode: bool = False
     backend_failure: str = "error"  # error | allow | deny, when the backend fails
     near_limit_ratio: float = 0.8
     detailed_metric_max_values: int = 100
+    bounds: Bounds = field(default_factory=lambda: Bounds())
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +84,7 @@ class Limiter:
         )
 
     async def should_rate_limit(self, request: Request) -> Decision:
-        validate(request)
+        validate(request, self.options.bounds)
         config = self.config  # one snapshot for the whole request, even across a reload
         plans = self._plan(config, request)
         counters = [plan.counter for plan in plans if plan.counter is not None]
@@ -113,7 +125,7 @@ class Limiter:
 
     async def peek(self, request: Request) -> list[LimitState]:
         """Where every limit the descriptors match stands, consuming nothing."""
-        validate(request)
+        validate(request, self.options.bounds)
         config = self.config
         states: list[LimitState] = []
         probes: list[tuple[int, Rule, CounterRequest]] = []
@@ -131,7 +143,7 @@ class Limiter:
 
     async def reset(self, request: Request) -> int:
         """Clears the counters of every limit the descriptors match; returns how many existed."""
-        validate(request)
+        validate(request, self.options.bounds)
         config = self.config
         counters = []
         for descriptor in request.descriptors:
@@ -214,16 +226,39 @@ def _most_restrictive(result: CounterResult) -> int:
     return min((r.remaining, -r.reset_after, i) for i, r in indexed)[2]
 
 
-def validate(request: Request) -> None:
+def validate(request: Request, bounds: Bounds = Bounds()) -> None:
     if not request.domain:
         raise InvalidRequest("domain must not be empty")
+    if len(request.domain) > bounds.max_key_length:
+        raise InvalidRequest(f"domain is longer than {bounds.max_key_length} characters")
     if not request.descriptors:
         raise InvalidRequest("descriptors must not be empty")
+    if len(request.descriptors) > bounds.max_descriptors:
+        raise InvalidRequest(
+            f"{len(request.descriptors)} descriptors: at most {bounds.max_descriptors} are allowed"
+        )
+    if request.hits_addend > bounds.max_hits:
+        raise InvalidRequest(f"hits_addend {request.hits_addend} is over {bounds.max_hits}")
     for position, descriptor in enumerate(request.descriptors):
+        where = f"descriptors[{position}]"
         if not descriptor.entries:
-            raise InvalidRequest(f"descriptors[{position}] has no entries")
-        for entry_position, (key, _) in enumerate(descriptor.entries):
+            raise InvalidRequest(f"{where} has no entries")
+        if len(descriptor.entries) > bounds.max_entries:
+            raise InvalidRequest(
+                f"{where} has {len(descriptor.entries)} entries: at most {bounds.max_entries} are allowed"
+            )
+        if descriptor.hits_addend is not None and descriptor.hits_addend > bounds.max_hits:
+            raise InvalidRequest(
+                f"{where}.hits_addend {descriptor.hits_addend} is over {bounds.max_hits}"
+            )
+        for entry_position, (key, value) in enumerate(descriptor.entries):
             if not key:
+                raise InvalidRequest(f"{where}.entries[{entry_position}] has an empty key")
+            if len(key) > bounds.max_key_length:
                 raise InvalidRequest(
-                    f"descriptors[{position}].entries[{entry_position}] has an empty key"
+                    f"{where}.entries[{entry_position}].key is longer than {bounds.max_key_length} characters"
+                )
+            if len(value) > bounds.max_value_length:
+                raise InvalidRequest(
+                    f"{where}.entries[{entry_position}].value is longer than {bounds.max_value_length} characters"
                 )

@@ -57,6 +57,10 @@ class Settings:
         return self.admin_token
 
     max_message_bytes: int = 4 * 1024 * 1024
+    max_descriptors: int = 256
+    max_entries: int = 32
+    max_key_length: int = 1024
+    max_value_length: int = 4096
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

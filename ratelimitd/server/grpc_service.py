@@ -19,6 +19,7 @@ _LATENCY = metrics.REQUEST_LATENCY.labels("ShouldRateLimit")
 class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
     """grpc.aio cancels a handler when its caller's deadline passes; the cancellation reaches
     the handler's place in the backend's batch queue, which is then skipped, never sent."""
+
     def __init__(self, limiter: Limiter) -> None:
         self.limiter = limiter
 
