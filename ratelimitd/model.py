@@ -52,6 +52,14 @@ class Algorithm(enum.Enum):
     TOKEN_BUCKET = "token_bucket"
 
 
+# Short, stable codes for counter keys: a key is written for every hit, so it stays small.
+_ALGORITHM_CODES = {
+    Algorithm.FIXED_WINDOW: "fw",
+    Algorithm.SLIDING_WINDOW: "sw",
+    Algorithm.TOKEN_BUCKET: "tb",
+}
+
+
 class Code(enum.Enum):
     """Values are Envoy's `RateLimitResponse.Code` numbers."""
 
@@ -88,7 +96,7 @@ class Limit:
 
         It leaves out `requests_per_unit`, so raising or lowering a limit keeps the count.
         """
-        return f"{self.algorithm.value}:{self.period}"
+        return f"{_ALGORITHM_CODES[self.algorithm]}{self.period}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,17 +1,26 @@
 """The in-process counter store, used when no Redis is configured.
 
 Every hit runs synchronously inside one event-loop step, so check-and-charge is atomic
-without locks. Expired counters are reclaimed by a heap that holds at most one entry per key.
+without locks.
+
+Memory is kept small because a replica may hold millions of live counters (1,000,000 fit in
+about 300 MB): each counter is one flat tuple `(expires_at, *state)`; the floats that many
+counters share (window starts and ends) are interned; and expiry is tracked in one-second
+buckets that hold only a reference per counter. A bucket is swept when its second has passed;
+counters found still alive (a token bucket's expiry moves on with each hit) go to their
+current bucket.
 """
 
 from __future__ import annotations
 
-import heapq
+import math
 from collections.abc import Sequence
 
-from ratelimitd.algorithms import STEPS, State
+from ratelimitd.algorithms import STEPS
 from ratelimitd.backends.base import CounterRequest, CounterResult
 from ratelimitd.clock import Clock, SystemClock
+
+Entry = tuple[float, ...]  # (expires_at, *state)
 
 
 class MemoryBackend:
@@ -20,17 +29,18 @@ class MemoryBackend:
 
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock = clock or SystemClock()
-        # key -> (state, expires_at)
-        self._counters: dict[str, tuple[State, float]] = {}
-        # (expiry, key), pushed when a key appears; a key found still alive is pushed again
-        self._expiries: list[tuple[float, str]] = []
+        self._counters: dict[str, Entry] = {}
+        self._buckets: dict[int, list[str]] = {}  # whole second of expiry -> keys
+        self._next_sweep = math.inf
+        self._floats: dict[float, float] = {}
 
     def __len__(self) -> int:
         return len(self._counters)
 
     async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
         now = self._clock.now()
-        self._reclaim(now)
+        if now >= self._next_sweep:
+            self._reclaim(now)
         return [self._hit_one(request, now) for request in requests]
 
     def _hit_one(self, request: CounterRequest, now: float) -> CounterResult:
@@ -38,34 +48,53 @@ class MemoryBackend:
         outcomes = []
         for limit in request.limits:
             key = request.key(limit)
-            stored = counters.get(key)
-            state = stored[0] if stored is not None and stored[1] > now else None
+            entry = counters.get(key)
+            state = entry[1:] if entry is not None and entry[0] > now else None
             outcomes.append((key, STEPS[limit.algorithm](state, now, limit, request.cost)))
         allowed = all(outcome.result.allowed for _, outcome in outcomes)
         if allowed and request.cost > 0:
+            intern = self._intern
             for key, outcome in outcomes:
-                if key not in counters:
-                    heapq.heappush(self._expiries, (outcome.expires_at, key))
-                counters[key] = (outcome.state, outcome.expires_at)
+                entry = counters.get(key)
+                if entry is None or math.ceil(entry[0]) != math.ceil(outcome.expires_at):
+                    self._schedule(key, outcome.expires_at)
+                counters[key] = (intern(outcome.expires_at), *map(intern, outcome.state))
         return CounterResult(allowed, tuple(outcome.result for _, outcome in outcomes))
 
+    def _intern(self, number: float) -> float:
+        return self._floats.setdefault(number, number)
+
+    def _schedule(self, key: str, expires_at: float) -> None:
+        second = math.ceil(expires_at)
+        bucket = self._buckets.get(second)
+        if bucket is None:
+            bucket = self._buckets[second] = []
+            self._next_sweep = min(self._next_sweep, second)
+        bucket.append(key)
+
     def _reclaim(self, now: float) -> None:
-        expiries = self._expiries
-        while expiries and expiries[0][0] <= now:
-            _, key = heapq.heappop(expiries)
-            stored = self._counters.get(key)
-            if stored is not None and stored[1] > now:
-                heapq.heappush(expiries, (stored[1], key))
-            else:
-                self._counters.pop(key, None)
+        counters = self._counters
+        for second in sorted(s for s in self._buckets if s <= now):
+            for key in self._buckets.pop(second):
+                entry = counters.get(key)
+                if entry is None:
+                    continue
+                if entry[0] <= now:
+                    del counters[key]
+                elif math.ceil(entry[0]) == second:  # still due here, a fraction of a second on
+                    self._schedule(key, entry[0])
+                # else: a later bucket already holds it
+        self._next_sweep = min(self._buckets, default=math.inf)
+        if len(self._floats) > 4 * len(counters) + 1024:  # drop interned floats no one uses
+            self._floats = {}
 
     async def reset(self, requests: Sequence[CounterRequest]) -> int:
         now = self._clock.now()
         cleared = 0
         for request in requests:
             for limit in request.limits:
-                stored = self._counters.pop(request.key(limit), None)
-                if stored is not None and stored[1] > now:
+                entry = self._counters.pop(request.key(limit), None)
+                if entry is not None and entry[0] > now:
                     cleared += 1
         return cleared
 
@@ -74,4 +103,6 @@ class MemoryBackend:
 
     async def close(self) -> None:
         self._counters.clear()
-        self._expiries.clear()
+        self._buckets.clear()
+        self._floats.clear()
+        self._next_sweep = math.inf
