@@ -34,7 +34,7 @@ async def test_a_counter_whose_expiry_moves_on_is_kept_then_reclaimed() -> None:
     clock = FakeClock(start=1_700_000_100.0)
     backend = MemoryBackend(clock)
     bucket = (Limit(10, Unit.SECOND, algorithm=Algorithm.TOKEN_BUCKET, burst=10),)
-    request = CounterRequest("k:{a}", bucket, 5)
+    request = CounterRequest("k:{a}", bucket, 3)
     for _ in range(20):  # hit every 0.3 s: the bucket is never full, its expiry keeps moving
         assert (await backend.hit([request]))[0].allowed
         clock.advance(0.3)
