@@ -44,6 +44,7 @@ def make_backend(settings: Settings, clock: Clock | None = None) -> Backend:
         options = RedisOptions(
             url=settings.redis_url,
             timeout_s=settings.redis_timeout_ms / 1000,
+            batch_delay_s=settings.redis_batch_delay_us / 1_000_000,
             tls_ca=settings.redis_tls_ca,
             tls_cert=settings.redis_tls_cert,
             tls_key=settings.redis_tls_key,

@@ -60,8 +60,11 @@ def get_logger(name: str) -> Any:
 
 
 def bind_request(**fields: Any) -> None:
-    """Binds fields for the rest of this call (contextvars are per asyncio task)."""
-    structlog.contextvars.clear_contextvars()
+    """Binds fields for the rest of this call.
+
+    Each call runs in its own asyncio task with its own copy of the context, so nothing
+    leaks from one call to the next and there is nothing to clear.
+    """
     structlog.contextvars.bind_contextvars(**fields)
 
 

@@ -22,7 +22,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ratelimitd import metrics
 from ratelimitd.backends.base import CounterRequest, CounterResult
 from ratelimitd.backends.batching import Batcher
-from ratelimitd.backends.redis_client import RedisOptions, describe, make_client
+from ratelimitd.backends.redis_client import (
+    RedisOptions,
+    describe,
+    is_standalone,
+    make_client,
+    tls_context,
+)
+from ratelimitd.backends.resp import RespConnection, endpoint_from_url
 from ratelimitd.clock import Clock
 from ratelimitd.errors import BackendError
 from ratelimitd.model import LimitResult
@@ -114,7 +121,12 @@ class RedisBackend:
         client: Any = None,
     ) -> None:
         self.options = options
-        self.client = client if client is not None else make_client(options)
+        # the lean connection for a standalone server; redis-py for Sentinel and Cluster
+        self.fast: RespConnection | None = None
+        if client is None and is_standalone(options.url):
+            tls = tls_context(options) if options.url.lower().startswith("rediss") else None
+            self.fast = RespConnection(endpoint_from_url(options.url, tls), options.timeout_s)
+        self.client = client if client is not None or self.fast else make_client(options)
         self._clock = clock
         self._sha = ""
         # one batcher per Cluster node (just one otherwise), so each node's pipeline fills
@@ -124,6 +136,8 @@ class RedisBackend:
         self.cluster = isinstance(self.client, RedisCluster)
         self.description = describe(options.url)
         self._round_trips = metrics.BACKEND_ROUND_TRIPS.labels(self.name)
+        self._latency = metrics.BACKEND_LATENCY.labels(self.name)
+        self._batch_sizes = metrics.BACKEND_BATCH_SIZE.labels(self.name)
         self._commands = metrics.BACKEND_COMMANDS.labels(self.name)
         self.round_trips = 0
         self.commands = 0
@@ -148,26 +162,39 @@ class RedisBackend:
         return [result for result in results if result is not None]
 
     async def _wait(self, futures: list[asyncio.Future[CounterResult]]) -> list[CounterResult]:
-        try:
-            async with asyncio.timeout(self.options.timeout_s):
-                return list(await asyncio.gather(*futures))
-        except TimeoutError:
+        """The answers, or BackendError after the timeout. One timer, no task: this is hot."""
+        timed_out = False
+
+        def expire() -> None:
+            nonlocal timed_out
+            timed_out = True
             for future in futures:
                 future.cancel()
-            raise BackendError(
-                f"Redis did not answer within {self.options.timeout_s * 1000:.0f} ms",
-                kind="timeout",
-            ) from None
+
+        timer = asyncio.get_running_loop().call_later(self.options.timeout_s, expire)
+        try:
+            return [await future for future in futures]
+        except asyncio.CancelledError:
+            if timed_out:
+                raise BackendError(
+                    f"Redis did not answer within {self.options.timeout_s * 1000:.0f} ms",
+                    kind="timeout",
+                ) from None
+            raise
+        finally:
+            timer.cancel()
+            for future in futures:  # a caller that gave up: its unsent work is dropped
+                future.cancel()
 
     async def _send(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
         now = repr(self._clock.now()) if self._clock is not None else ""
         try:
             if not self._sha:
-                self._sha = await self.client.script_load(HIT_SCRIPT)
+                self._sha = await self._script_load()
             replies = await self._pipeline(requests, now)
             missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
             if missing:  # after a failover or SCRIPT FLUSH: load again and resend those
-                self._sha = await self.client.script_load(HIT_SCRIPT)
+                self._sha = await self._script_load()
                 again = await self._pipeline([requests[i] for i in missing], now)
                 for i, reply in zip(missing, again, strict=True):
                     replies[i] = reply
@@ -184,16 +211,34 @@ class RedisBackend:
             results.append(parse_reply(reply))
         return results
 
+    async def _script_load(self) -> str:
+        if self.fast is None:
+            return str(await self.client.script_load(HIT_SCRIPT))
+        (reply,) = await self.fast.execute([("SCRIPT", "LOAD", HIT_SCRIPT)])
+        if isinstance(reply, Exception):
+            raise reply
+        return str(reply.decode() if isinstance(reply, bytes) else reply)
+
     async def _pipeline(self, requests: Sequence[CounterRequest], now: str) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
+        commands = []
         for request in requests:
             keys = [request.key(limit) for limit in request.limits]
-            pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *script_args(request, now))
+            commands.append(("EVALSHA", self._sha, len(keys), *keys, *script_args(request, now)))
         self.round_trips += 1
         self.commands += len(requests)
         self._round_trips.inc()
         self._commands.inc(len(requests))
-        return list(await pipe.execute(raise_on_error=False))
+        self._batch_sizes.observe(len(requests))
+        started = time.perf_counter()
+        try:
+            if self.fast is not None:
+                return await self.fast.execute(commands)
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute(raise_on_error=False))
+        finally:
+            self._latency.observe(time.perf_counter() - started)
 
     def _batcher_for(self, request: CounterRequest) -> Batcher[CounterRequest, CounterResult]:
         node = ""
@@ -205,7 +250,7 @@ class RedisBackend:
                 node = ""  # not yet initialised or mid-failover: any batch will do
         batcher = self._batchers.get(node)
         if batcher is None:
-            batcher = self._batchers[node] = Batcher(self._send)
+            batcher = self._batchers[node] = Batcher(self._send, delay_s=self.options.batch_delay_s)
         return batcher
 
     async def reset(self, requests: Sequence[CounterRequest]) -> int:
@@ -213,8 +258,15 @@ class RedisBackend:
         if not keys:
             return 0
         try:
+            # one DEL per key: keys of different descriptors may be on other slots
+            if self.fast is not None:
+                replies = await self.fast.execute([("DEL", key) for key in keys])
+                for reply in replies:
+                    if isinstance(reply, Exception):
+                        raise reply
+                return sum(int(n) for n in replies)
             pipe = self.client.pipeline(transaction=False)
-            for key in keys:  # one DEL per key: keys of different descriptors may be on other slots
+            for key in keys:
                 pipe.delete(key)
             return sum(int(n) for n in await pipe.execute())
         except RedisError as exc:
@@ -225,6 +277,9 @@ class RedisBackend:
     async def ping(self) -> bool:
         try:
             async with asyncio.timeout(max(self.options.timeout_s, 0.5)):
+                if self.fast is not None:
+                    (reply,) = await self.fast.execute([("PING",)])
+                    return not isinstance(reply, Exception)
                 return bool(await self.client.ping())
         except (RedisError, TimeoutError, OSError):
             return False
@@ -232,4 +287,7 @@ class RedisBackend:
     async def close(self) -> None:
         for batcher in self._batchers.values():
             await batcher.close()
-        await self.client.aclose()
+        if self.fast is not None:
+            await self.fast.close()
+        else:
+            await self.client.aclose()

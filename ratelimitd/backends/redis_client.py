@@ -7,6 +7,7 @@ each URL. TLS files come from the settings (`RATELIMITD_REDIS_TLS_CA`, `_CERT`, 
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -28,6 +29,7 @@ class RedisOptions:
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    batch_delay_s: float = 0.0005
 
 
 def describe(url: str) -> str:
@@ -65,6 +67,21 @@ def make_client(options: RedisOptions) -> Any:
             "rediss://, unix://, redis+sentinel://host:port/master or redis+cluster://host:port)"
         ]
     )
+
+
+STANDALONE_SCHEMES = ("redis", "rediss", "unix")
+
+
+def is_standalone(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in STANDALONE_SCHEMES
+
+
+def tls_context(options: RedisOptions) -> ssl.SSLContext:
+    """The client TLS context for `rediss://`: the CA to trust, and our certificate if any."""
+    context = ssl.create_default_context(cafile=options.tls_ca or None)
+    if options.tls_cert:
+        context.load_cert_chain(options.tls_cert, options.tls_key or None)
+    return context
 
 
 def _tls(options: RedisOptions) -> dict[str, Any]:
