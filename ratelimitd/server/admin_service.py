@@ -12,9 +12,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2 as pb
 from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2_grpc as pb_grpc
-from ratelimitd.errors import BackendError, InvalidRequest
 from ratelimitd.limiter import Limiter, LimitState
 from ratelimitd.model import Descriptor, Request
+from ratelimitd.server.status import grpc_status
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RateLimitAdmin"].full_name
 
@@ -80,28 +80,16 @@ class AdminServicer(pb_grpc.RateLimitAdminServicer):
         self, request: pb.ResetRequest, context: grpc.aio.ServicerContext
     ) -> pb.ResetResponse:
         await self._authorize(context)
-        try:
+        async with grpc_status(context):
             cleared = await self.limiter.reset(request_from_proto(request))
-        except InvalidRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except BackendError as exc:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"rate-limit backend unavailable: {exc}"
-            )
         return pb.ResetResponse(cleared=cleared)
 
     async def Peek(
         self, request: pb.PeekRequest, context: grpc.aio.ServicerContext
     ) -> pb.PeekResponse:
         await self._authorize(context)
-        try:
+        async with grpc_status(context):
             states = await self.limiter.peek(request_from_proto(request))
-        except InvalidRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except BackendError as exc:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"rate-limit backend unavailable: {exc}"
-            )
         return pb.PeekResponse(states=[state_to_proto(state) for state in states])
 
     async def GetConfig(

@@ -8,10 +8,10 @@ import grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
 from ratelimitd import metrics
-from ratelimitd.errors import BackendError, InvalidRequest
 from ratelimitd.limiter import Limiter
 from ratelimitd.logs import bind_request
 from ratelimitd.server.convert import decision_to_proto, request_from_proto
+from ratelimitd.server.status import grpc_status
 
 _LATENCY = metrics.REQUEST_LATENCY.labels("ShouldRateLimit")
 
@@ -28,14 +28,8 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
     ) -> rls_pb2.RateLimitResponse:
         started = time.perf_counter()
         bind_request(rpc="ShouldRateLimit", domain=request.domain)
-        try:
+        async with grpc_status(context):
             decision = await self.limiter.should_rate_limit(request_from_proto(request))
-        except InvalidRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except BackendError as exc:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"rate-limit backend unavailable: {exc}"
-            )
         response = decision_to_proto(decision)
         _LATENCY.observe(time.perf_counter() - started)
         return response
