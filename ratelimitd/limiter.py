@@ -7,6 +7,7 @@ batch, and builds one status per descriptor.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from ratelimitd import metrics
@@ -28,6 +29,7 @@ from ratelimitd.model import (
 )
 
 UNLIMITED_REMAINING = 2**32 - 1
+FAILURE_LOG_INTERVAL_S = 1.0
 log = get_logger(__name__)
 
 
@@ -79,6 +81,7 @@ class Limiter:
         self.config = config
         self.backend = backend
         self.options = options or LimiterOptions()
+        self._last_failure_log = -FAILURE_LOG_INTERVAL_S
         self.rule_metrics = metrics.RuleMetrics(
             self.options.near_limit_ratio, self.options.detailed_metric_max_values
         )
@@ -177,12 +180,18 @@ class Limiter:
     def _on_backend_failure(self, plans: list[_Planned], exc: BackendError) -> Decision:
         """`RATELIMITD_BACKEND_FAILURE`: re-raise (error), or answer OK (allow) or deny."""
         mode = self.options.backend_failure
-        log.warning("backend failure", kind=exc.kind, backend_failure=mode, error=str(exc))
+        now = time.monotonic()
+        if now - self._last_failure_log >= FAILURE_LOG_INTERVAL_S:  # one line a second, not a flood
+            self._last_failure_log = now
+            log.warning("backend failure", kind=exc.kind, backend_failure=mode, error=str(exc))
         if mode == "allow":
             return Decision(Code.OK, tuple(Status(Code.OK) for _ in plans))
         if mode == "deny":
+            # a retry is worth it once the limit's period is over, not at once
             statuses = tuple(
-                Status(Code.OVER_LIMIT, plan.limits[0]) if plan.counter else Status(Code.OK)
+                Status(Code.OVER_LIMIT, plan.limits[0], 0, float(plan.limits[0].period))
+                if plan.counter
+                else Status(Code.OK)
                 for plan in plans
             )
             return Decision(Code.OVER_LIMIT, statuses)

@@ -10,12 +10,10 @@ import re
 import time
 import urllib.request
 
-import pytest
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf.wrappers_pb2 import UInt64Value
 
-from ratelimitd import metrics
 from tests.e2e.harness import (
     DEMO_DOMAIN,
     UNIT_SECONDS,
@@ -145,14 +143,6 @@ def test_shadow_mode_rule_never_limits(envoy: EnvoyProcess) -> None:
     assert envoy.ratelimit_counters()["over_limit"] == before
 
 
-PER_RULE_METRICS = hasattr(metrics, "SHADOW_MODE")
-
-
-@pytest.mark.xfail(
-    not PER_RULE_METRICS,
-    strict=True,
-    reason="per-rule metrics come with the operations issue",
-)
 def test_shadow_mode_rule_shows_in_metrics(envoy: EnvoyProcess, ratelimitd: ServiceProcess) -> None:
     """The over-limit hits that shadow mode let through are counted, per rule, in /metrics."""
     limit = demo_limit("export_per_ip")["requests_per_unit"]
