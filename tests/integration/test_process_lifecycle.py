@@ -190,6 +190,10 @@ async def test_two_workers_share_the_port_and_their_metrics_sum(
     }
     service = ServiceProcess(write_rules(tmp_path), env)
     with service:
+        deadline = time.monotonic() + 20
+        while service.log().count("ratelimitd listening") < 2:  # both workers are up
+            assert time.monotonic() < deadline, service.log()
+            await asyncio.sleep(0.05)
         # each new connection may land on either worker (SO_REUSEPORT)
         for n in range(40):
             assert await check(service.target, [("ip", f"w{n % 4}")]) == OK
