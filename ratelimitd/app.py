@@ -115,6 +115,11 @@ class App:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 # several worker processes share the port; a lone process must not
                 ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
+                # let long-lived client channels (Envoy's, ratelimitd_client's) keep alive
+                # with pings every 10 s or more, even between calls, without a GOAWAY
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+                ("grpc.http2.max_ping_strikes", 0),
             ]
         )
         rls_pb2_grpc.add_RateLimitServiceServicer_to_server(RateLimitServicer(self.limiter), server)

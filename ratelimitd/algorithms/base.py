@@ -18,6 +18,10 @@ from ratelimitd.model import Limit, LimitResult
 
 State = tuple[float, ...]
 
+# Slack in comparisons of fractional amounts (tokens, weighted estimates): time differences
+# like (T + 0.1) - T come out a hair short, which must not turn an admit into a denial.
+TOLERANCE = 1e-9
+
 
 class Outcome(NamedTuple):
     state: State

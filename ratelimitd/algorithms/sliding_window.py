@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from ratelimitd.algorithms.base import Outcome, State
+from ratelimitd.algorithms.base import TOLERANCE, Outcome, State
 from ratelimitd.model import Limit, LimitResult
 
 
@@ -30,7 +30,8 @@ def step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
     elapsed = (now - window) / period
     estimate = previous * (1 - elapsed) + current
     capacity = limit.requests_per_unit
-    allowed = estimate + 1 <= capacity if cost == 0 else estimate + cost <= capacity
+    # TOLERANCE: a retry exactly `reset_after` later must fit, float rounding or not
+    allowed = estimate + max(cost, 1) <= capacity + TOLERANCE
     if allowed:
         current += cost
         estimate += cost

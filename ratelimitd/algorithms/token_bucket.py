@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from ratelimitd.algorithms.base import Outcome, State
+from ratelimitd.algorithms.base import TOLERANCE, Outcome, State
 from ratelimitd.model import Limit, LimitResult
 
 
@@ -21,9 +21,10 @@ def step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
         tokens = float(capacity)
     else:
         tokens = min(float(capacity), state[0] + max(now - state[1], 0.0) * rate)
-    allowed = tokens >= 1 if cost == 0 else cost <= tokens
+    # TOLERANCE: a retry exactly `reset_after` later must fit, float rounding or not
+    allowed = tokens + TOLERANCE >= max(cost, 1)
     if allowed:
-        tokens -= cost
+        tokens = max(tokens - cost, 0.0)
     full_after = (capacity - tokens) / rate
     if allowed or cost > capacity:
         reset_after = full_after

@@ -112,5 +112,5 @@ def test_a_denied_retry_after_reset_is_admitted(
     assert not denied.result.allowed
     wait = denied.result.reset_after
     assert wait > 0 and math.isfinite(wait)
-    later = step(state, now + wait + 1e-6, limit, cost)
+    later = step(state, now + wait, limit, cost)  # exactly then, not a hair later
     assert later.result.allowed

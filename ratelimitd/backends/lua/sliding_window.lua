@@ -21,7 +21,7 @@ local function sliding_window(key, now, limit, period, burst, cost)
   local elapsed = (now - window) / period
   local estimate = previous * (1 - elapsed) + current
   local allowed
-  if cost == 0 then allowed = estimate + 1 <= limit else allowed = estimate + cost <= limit end
+  allowed = estimate + math.max(cost, 1) <= limit + TOLERANCE
   if allowed then
     current = current + cost
     estimate = estimate + cost

@@ -8,9 +8,8 @@ local function token_bucket(key, now, limit, period, burst, cost)
   if stored[1] then
     tokens = math.min(capacity, tonumber(stored[1]) + math.max(now - tonumber(stored[2]), 0) * rate)
   end
-  local allowed
-  if cost == 0 then allowed = tokens >= 1 else allowed = cost <= tokens end
-  if allowed then tokens = tokens - cost end
+  local allowed = tokens + TOLERANCE >= math.max(cost, 1)
+  if allowed then tokens = math.max(tokens - cost, 0) end
   local full_after = (capacity - tokens) / rate
   local reset_after
   if allowed or cost > capacity then

@@ -1,0 +1,184 @@
+"""`AsyncRateLimitClient`: the asyncio twin, on one long-lived `grpc.aio.Channel`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+import grpc.aio
+from envoy.service.ratelimit.v3 import rls_pb2_grpc
+
+from ratelimitd_client._core import (
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT_S,
+    ClientOptions,
+    Decision,
+    DescriptorLike,
+    FailureMode,
+    LimitState,
+    ServiceUnavailable,
+    admin_metadata,
+    check_request,
+    cleared_from_response,
+    decision_from_response,
+    failure_decision,
+    peek_request,
+    reset_request,
+    states_from_response,
+    translate_error,
+)
+from ratelimitd_client._failures import FailureLog
+from ratelimitd_client._proto.ratelimitd.v1 import ratelimitd_pb2_grpc as admin_grpc
+
+
+class _Channel:
+    """A grpc.aio channel belongs to the event loop it was made in: it is made on first use,
+    so a client can be created at import time, before the server's loop runs."""
+
+    def __init__(self, channel: grpc.aio.Channel, loop: asyncio.AbstractEventLoop) -> None:
+        self.channel = channel
+        self.loop = loop
+        self.rls = rls_pb2_grpc.RateLimitServiceStub(channel)
+        self.admin: Any = admin_grpc.RateLimitAdminStub(channel)  # type: ignore[no-untyped-call]
+
+
+class AsyncRateLimitClient:
+    """The asyncio twin of `RateLimitClient`, with the same arguments and methods (awaited).
+
+    Create one per process (at import time is fine) and share it; `await client.aclose()` on
+    shutdown.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        failure_mode: FailureMode = "allow",
+        admin_token: str | None = None,
+        failure_retry_after: int = 1,
+        credentials: grpc.ChannelCredentials | None = None,
+        keepalive_time_s: float = 330.0,
+        keepalive_timeout_s: float = 20.0,
+        keepalive_without_calls: bool = False,
+        channel_options: Sequence[tuple[str, str | int]] = (),
+    ) -> None:
+        self.options = ClientOptions(
+            target=target,
+            timeout=timeout,
+            failure_mode=failure_mode,
+            admin_token=admin_token,
+            failure_retry_after=failure_retry_after,
+            keepalive_time_s=keepalive_time_s,
+            keepalive_timeout_s=keepalive_timeout_s,
+            keepalive_without_calls=keepalive_without_calls,
+            channel_options=tuple(channel_options),
+        )
+        self._credentials = credentials
+        self._current: _Channel | None = None
+        self._failures = FailureLog(target)
+
+    def _channel(self) -> _Channel:
+        loop = asyncio.get_running_loop()
+        current = self._current
+        if current is None or current.loop is not loop:
+            options = self.options.grpc_options()
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(self.options.target, options=options)
+            else:
+                channel = grpc.aio.secure_channel(
+                    self.options.target, self._credentials, options=options
+                )
+            current = self._current = _Channel(channel, loop)
+        return current
+
+    async def check(
+        self,
+        domain: str,
+        descriptors: Sequence[DescriptorLike],
+        hits: int = 1,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, also sent to the server
+    ) -> Decision:
+        """Counts `hits` against every limit the descriptors match (0: only looks)."""
+        request = check_request(domain, descriptors, hits)
+        try:
+            response = await self._channel().rls.ShouldRateLimit(
+                request, timeout=self.options.timeout_for(timeout)
+            )
+        except grpc.RpcError as exc:
+            error = translate_error(exc)
+            if not isinstance(error, ServiceUnavailable):
+                raise error from exc
+            decision = failure_decision(self.options, error)
+            if decision.failure is not None:  # always, for the type checker
+                self._failures.failed(decision.failure)
+            return decision
+        self._failures.answered()
+        return decision_from_response(response)
+
+    async def reset(
+        self,
+        domain: str,
+        descriptors: Sequence[DescriptorLike],
+        *,
+        token: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, also sent to the server
+    ) -> int:
+        """Clears the counters of every limit the descriptors match; returns how many existed."""
+        request = reset_request(domain, descriptors)
+        metadata = admin_metadata(self.options.token_for(token))
+        try:
+            response = await self._channel().admin.Reset(
+                request, metadata=metadata, timeout=self.options.timeout_for(timeout)
+            )
+        except grpc.RpcError as exc:
+            raise translate_error(exc) from exc
+        return cleared_from_response(response)
+
+    async def peek(
+        self,
+        domain: str,
+        descriptors: Sequence[DescriptorLike],
+        *,
+        token: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, also sent to the server
+    ) -> list[LimitState]:
+        """Where each matched limit stands, consuming nothing."""
+        request = peek_request(domain, descriptors)
+        metadata = admin_metadata(self.options.token_for(token))
+        try:
+            response = await self._channel().admin.Peek(
+                request, metadata=metadata, timeout=self.options.timeout_for(timeout)
+            )
+        except grpc.RpcError as exc:
+            raise translate_error(exc) from exc
+        return states_from_response(response)
+
+    async def connect(self, timeout: float = 2.0) -> bool:  # noqa: ASYNC109 - returns False
+        """Connects now (e.g. in the app's lifespan startup) so that the first check does not pay
+        for it; returns whether ratelimitd could be reached within `timeout` seconds. Optional."""
+        try:
+            await asyncio.wait_for(self._channel().channel.channel_ready(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        current, self._current = self._current, None
+        if current is not None and current.loop is asyncio.get_running_loop():
+            await current.channel.close()
+
+    async def __aenter__(self) -> AsyncRateLimitClient:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

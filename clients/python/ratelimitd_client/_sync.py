@@ -1,0 +1,190 @@
+"""`RateLimitClient`: the blocking twin, on one long-lived `grpc.Channel` (thread-safe)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+from envoy.service.ratelimit.v3 import rls_pb2_grpc
+
+from ratelimitd_client._core import (
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT_S,
+    ClientOptions,
+    Decision,
+    DescriptorLike,
+    FailureMode,
+    LimitState,
+    ServiceUnavailable,
+    admin_metadata,
+    check_request,
+    cleared_from_response,
+    decision_from_response,
+    failure_decision,
+    peek_request,
+    reset_request,
+    states_from_response,
+    translate_error,
+)
+from ratelimitd_client._failures import FailureLog
+from ratelimitd_client._proto.ratelimitd.v1 import ratelimitd_pb2_grpc as admin_grpc
+
+
+class _Channel:
+    def __init__(self, channel: grpc.Channel, pid: int) -> None:
+        self.channel = channel
+        self.pid = pid
+        self.rls = rls_pb2_grpc.RateLimitServiceStub(channel)
+        self.admin: Any = admin_grpc.RateLimitAdminStub(channel)  # type: ignore[no-untyped-call]
+
+
+class RateLimitClient:
+    """Asks ratelimitd whether requests may pass. Create one per process and share it.
+
+    `timeout` (seconds) bounds every call; `failure_mode` says what `check` answers when
+    ratelimitd times out, cannot be reached or fails: "allow" or "deny" (the Decision's
+    `failure` says so, and it is logged). `admin_token` is needed by `reset` and `peek` only.
+    `credentials` (from `grpc.ssl_channel_credentials`) turns on TLS.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        failure_mode: FailureMode = "allow",
+        admin_token: str | None = None,
+        failure_retry_after: int = 1,
+        credentials: grpc.ChannelCredentials | None = None,
+        keepalive_time_s: float = 330.0,
+        keepalive_timeout_s: float = 20.0,
+        keepalive_without_calls: bool = False,
+        channel_options: Sequence[tuple[str, str | int]] = (),
+    ) -> None:
+        self.options = ClientOptions(
+            target=target,
+            timeout=timeout,
+            failure_mode=failure_mode,
+            admin_token=admin_token,
+            failure_retry_after=failure_retry_after,
+            keepalive_time_s=keepalive_time_s,
+            keepalive_timeout_s=keepalive_timeout_s,
+            keepalive_without_calls=keepalive_without_calls,
+            channel_options=tuple(channel_options),
+        )
+        self._credentials = credentials
+        self._lock = threading.Lock()
+        self._current: _Channel | None = None
+        self._failures = FailureLog(target)
+
+    def _channel(self) -> _Channel:
+        """The channel, made on first use: a client made at import time under a pre-forking
+        server (gunicorn --preload) gets its channel in each worker. A child forked after the
+        channel was made makes its own (a gRPC channel does not survive fork)."""
+        current, pid = self._current, os.getpid()
+        if current is None or current.pid != pid:
+            with self._lock:
+                current = self._current
+                if current is None or current.pid != pid:
+                    options = self.options.grpc_options()
+                    if self._credentials is None:
+                        channel = grpc.insecure_channel(self.options.target, options=options)
+                    else:
+                        channel = grpc.secure_channel(
+                            self.options.target, self._credentials, options=options
+                        )
+                    current = self._current = _Channel(channel, pid)
+        return current
+
+    def check(
+        self,
+        domain: str,
+        descriptors: Sequence[DescriptorLike],
+        hits: int = 1,
+        *,
+        timeout: float | None = None,
+    ) -> Decision:
+        """Counts `hits` against every limit the descriptors match (0: only looks)."""
+        request = check_request(domain, descriptors, hits)
+        try:
+            response = self._channel().rls.ShouldRateLimit(
+                request, timeout=self.options.timeout_for(timeout)
+            )
+        except grpc.RpcError as exc:
+            error = translate_error(exc)
+            if not isinstance(error, ServiceUnavailable):
+                raise error from exc
+            decision = failure_decision(self.options, error)
+            if decision.failure is not None:  # always, for the type checker
+                self._failures.failed(decision.failure)
+            return decision
+        self._failures.answered()
+        return decision_from_response(response)
+
+    def reset(
+        self,
+        domain: str,
+        descriptors: Sequence[DescriptorLike],
+        *,
+        token: str | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Clears the counters of every limit the descriptors match; returns how many existed."""
+        request = reset_request(domain, descriptors)
+        metadata = admin_metadata(self.options.token_for(token))
+        try:
+            response = self._channel().admin.Reset(
+                request, metadata=metadata, timeout=self.options.timeout_for(timeout)
+            )
+        except grpc.RpcError as exc:
+            raise translate_error(exc) from exc
+        return cleared_from_response(response)
+
+    def peek(
+        self,
+        domain: str,
+        descriptors: Sequence[DescriptorLike],
+        *,
+        token: str | None = None,
+        timeout: float | None = None,
+    ) -> list[LimitState]:
+        """Where each matched limit stands, consuming nothing."""
+        request = peek_request(domain, descriptors)
+        metadata = admin_metadata(self.options.token_for(token))
+        try:
+            response = self._channel().admin.Peek(
+                request, metadata=metadata, timeout=self.options.timeout_for(timeout)
+            )
+        except grpc.RpcError as exc:
+            raise translate_error(exc) from exc
+        return states_from_response(response)
+
+    def connect(self, timeout: float = 2.0) -> bool:
+        """Connects now (e.g. at startup) so that the first check does not pay for it; returns
+        whether ratelimitd could be reached within `timeout` seconds. Optional."""
+        try:
+            grpc.channel_ready_future(self._channel().channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            current, self._current = self._current, None
+        if current is not None and current.pid == os.getpid():
+            current.channel.close()
+
+    def __enter__(self) -> RateLimitClient:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,222 @@
+"""Starlette and FastAPI integration: a middleware, a per-route dependency, descriptor builders.
+
+    ip = remote_address(trusted_proxies=["10.0.0.0/8"])
+    app.add_middleware(RateLimitMiddleware, client=client, domain="web", descriptors=[[ip]])
+    login_limit = rate_limit(client, "web", [[("route", "login"), ip]])  # Depends(login_limit)
+
+A denial is a 429 with `{"error": "rate_limited", "retry_after": N}`, `Retry-After` and the
+`RateLimit-Limit`/`-Remaining`/`-Reset` headers, which allowed responses carry too. Needs the
+`starlette` extra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ratelimitd_client._async import AsyncRateLimitClient
+from ratelimitd_client._builders import (
+    DescriptorSource,
+    EntryBuilder,
+    Header,
+    Method,
+    RemoteAddress,
+    Route,
+    Rule,
+    State,
+    build_descriptors,
+    check_source,
+    header,
+    method,
+    remote_address,
+    route,
+    route_template,
+    state,
+)
+from ratelimitd_client._core import Decision, check_arguments, most_restrictive
+
+__all__ = [
+    "DECISIONS_KEY",
+    "DescriptorSource",
+    "EntryBuilder",
+    "Header",
+    "Method",
+    "RateLimitExceeded",
+    "RateLimitHeadersMiddleware",
+    "RateLimitMiddleware",
+    "RemoteAddress",
+    "Route",
+    "Rule",
+    "State",
+    "build_descriptors",
+    "denial_response",
+    "header",
+    "method",
+    "rate_limit",
+    "rate_limit_exceeded_handler",
+    "remote_address",
+    "route",
+    "route_template",
+    "state",
+]
+
+DECISIONS_KEY = "ratelimitd_client.decisions"
+"""The scope key under which every decision taken for a request is kept, in order."""
+
+
+# Responses ---------------------------------------------------------------------------------
+
+
+def denial_response(decision: Decision) -> Response:
+    """429 with `{"error": "rate_limited", "retry_after": N}` and the rate-limit headers."""
+    return JSONResponse(
+        {"error": "rate_limited", "retry_after": decision.retry_after},
+        status_code=429,
+        headers=decision.headers(),
+    )
+
+
+class RateLimitExceeded(HTTPException):
+    """Raised by the `rate_limit` dependency. Register `rate_limit_exceeded_handler` for the
+    JSON body above; without it the framework's own HTTPException body is used, with the same
+    status and headers."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(status_code=429, detail="rate_limited", headers=decision.headers())
+        self.decision = decision
+
+
+def rate_limit_exceeded_handler(request: Request, exc: Exception) -> Response:
+    """`app.add_exception_handler(RateLimitExceeded, rate_limit_exceeded_handler)`."""
+    if not isinstance(exc, RateLimitExceeded):
+        raise exc
+    return denial_response(exc.decision)
+
+
+def record_decision(scope: Scope, decision: Decision) -> None:
+    scope.setdefault(DECISIONS_KEY, []).append(decision)
+
+
+def _with_headers(raw: Iterable[tuple[bytes, bytes]], headers: dict[str, str]) -> list[Any]:
+    names = {name.lower().encode("latin-1") for name in headers}
+    kept = [(name, value) for name, value in raw if name.lower() not in names]
+    kept.extend(
+        (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
+    )
+    return kept
+
+
+def _stamping(scope: Scope, send: Send) -> Send:
+    """Puts the headers of the most restrictive decision taken for this request (by the
+    middleware or by dependencies) on the response, replacing any earlier copies."""
+
+    async def stamped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            decision = most_restrictive(scope.get(DECISIONS_KEY, ()))
+            headers = decision.headers() if decision is not None else {}
+            if headers:
+                message = {**message, "headers": _with_headers(message.get("headers", ()), headers)}
+        await send(message)
+
+    return stamped
+
+
+# Middleware and dependency -----------------------------------------------------------------
+
+
+class RateLimitHeadersMiddleware:
+    """Only puts the headers of decisions taken by `rate_limit` dependencies on every response,
+    including error responses and responses the endpoint built itself."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await self.app(scope, receive, _stamping(scope, send))
+
+
+class RateLimitMiddleware:
+    """Checks every HTTP request before the app sees it.
+
+    `descriptors` is a function of the request returning the descriptors (sync or async), or a
+    list of rules, each a list of builders and literal (key, value) entries; a rule is left out
+    when one of its builders has no value, and a request with no descriptors is not checked.
+    Paths in `exclude` (exact, or a prefix when ending in `*`) are passed through untouched:
+    nothing is built, hashed or sent. WebSocket and lifespan traffic is passed through.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        client: AsyncRateLimitClient,
+        domain: str,
+        descriptors: DescriptorSource,
+        hits: int = 1,
+        exclude: Iterable[str] = (),
+    ) -> None:
+        check_arguments(domain, hits)
+        check_source(descriptors)
+        self.app = app
+        self.client = client
+        self.domain = domain
+        self.descriptors = descriptors
+        self.hits = hits
+        patterns = list(exclude)
+        self._exact = frozenset(p for p in patterns if not p.endswith("*"))
+        self._prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
+
+    def excluded(self, path: str) -> bool:
+        return path in self._exact or path.startswith(self._prefixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.excluded(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        descriptors = await build_descriptors(self.descriptors, Request(scope))
+        if descriptors:
+            decision = await self.client.check(self.domain, descriptors, self.hits)
+            record_decision(scope, decision)
+            if not decision.allowed:
+                await denial_response(decision)(scope, receive, send)
+                return
+        await self.app(scope, receive, _stamping(scope, send))
+
+
+def rate_limit(
+    client: AsyncRateLimitClient,
+    domain: str,
+    descriptors: DescriptorSource,
+    *,
+    hits: int = 1,
+) -> Callable[[Request, Response], Awaitable[Decision]]:
+    """A FastAPI dependency for per-route limits: `Depends(rate_limit(client, "web", rules))`.
+
+    It returns the Decision, raises `RateLimitExceeded` (429) on a denial, and sets the
+    rate-limit headers on the response (on every response, error responses too, with
+    `RateLimitHeadersMiddleware` or `RateLimitMiddleware` installed).
+    """
+    check_arguments(domain, hits)
+    check_source(descriptors)
+
+    async def check_rate_limit(request: Request, response: Response) -> Decision:
+        built = await build_descriptors(descriptors, request)
+        if not built:
+            return Decision(allowed=True)
+        decision = await client.check(domain, built, hits)
+        record_decision(request.scope, decision)
+        if not decision.allowed:
+            raise RateLimitExceeded(decision)
+        for name, value in decision.headers().items():
+            response.headers[name] = value
+        return decision
+
+    return check_rate_limit
