@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from tests.servers.redis import _pdeathsig_preexec, free_port
+from tests.servers.redis import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ENVOY_TEMPLATE = REPO / "deploy" / "envoy" / "envoy.yaml"
@@ -181,7 +181,6 @@ class EnvoyProcess:
                 command,
                 stdout=access_log,  # the stdout access log; Envoy's own log is --log-path
                 stderr=subprocess.STDOUT,
-                preexec_fn=_pdeathsig_preexec(),
             )
         _LIVE.add(self)
         deadline = time.monotonic() + timeout

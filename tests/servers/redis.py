@@ -11,16 +11,14 @@ The server binary comes from :func:`find_server_binary`.  When no binary can be
 found a :class:`RuntimeError` is raised: integration tests must fail, never skip.
 
 Every process is tracked in a module-level registry and terminated at
-interpreter exit; on Linux, processes started from the main thread also get
-``PR_SET_PDEATHSIG`` so that they die with the test runner even if it is
-killed with SIGKILL.
+interpreter exit. (No ``preexec_fn``: running Python in a child forked from a
+process with gRPC's threads can abort the child.)
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import importlib.util
 import os
 import platform
@@ -30,7 +28,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -237,39 +234,6 @@ def _info(client: redis.Redis, section: str) -> dict[str, str]:
         return _parse_info(str(_cmd(client, "CLUSTER", "INFO")))
     parsed: dict[str, Any] = client.info(section)
     return {key: str(value) for key, value in parsed.items()}
-
-
-_PDEATHSIG_LOCK = threading.Lock()
-_LIBC_PRCTL: Callable[..., int] | None = None
-_PR_SET_PDEATHSIG = 1
-
-
-def _pdeathsig_preexec() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child die with this process (Linux only).
-
-    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child exits,
-    so it is only used for processes started from the main thread.
-    """
-    global _LIBC_PRCTL
-    if not sys.platform.startswith("linux"):
-        return None
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    with _PDEATHSIG_LOCK:
-        if _LIBC_PRCTL is None:
-            try:
-                _LIBC_PRCTL = ctypes.CDLL(None, use_errno=True).prctl
-            except (OSError, AttributeError):
-                return None
-    prctl = _LIBC_PRCTL
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
-        if os.getppid() != parent:  # parent already gone: do not linger
-            os._exit(1)
-
-    return preexec
 
 
 # --------------------------------------------------------------------------- #
@@ -486,7 +450,6 @@ class RedisServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_pdeathsig_preexec(),
             )
         with _LIVE_LOCK:
             _LIVE.add(self)

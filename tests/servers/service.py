@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from tests.servers.redis import _pdeathsig_preexec, free_port
+from tests.servers.redis import free_port
 
 _LIVE: set[ServiceProcess] = set()
 
@@ -50,7 +50,6 @@ class ServiceProcess:
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_pdeathsig_preexec(),
         )
         _LIVE.add(self)
         self.wait_listening(timeout)
