@@ -1,0 +1,74 @@
+"""The batcher: shares round trips, never delays a lone call, drops cancelled work."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from ratelimitd.backends.batching import Batcher
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.release = asyncio.Event()
+
+    async def send(self, items: Sequence[int]) -> list[int]:
+        self.batches.append(list(items))
+        await self.release.wait()
+        return [item * 10 for item in items]
+
+
+async def test_work_waiting_behind_a_batch_leaves_together() -> None:
+    recorder = Recorder()
+    batcher: Batcher[int, int] = Batcher(recorder.send, delay_s=0)
+    first = batcher.submit(1)
+    await asyncio.sleep(0)  # the first batch leaves alone
+    rest = [batcher.submit(n) for n in (2, 3, 4)]
+    await asyncio.sleep(0)
+    recorder.release.set()
+    assert await asyncio.gather(first, *rest) == [10, 20, 30, 40]
+    assert recorder.batches == [[1], [2, 3, 4]]
+
+
+async def test_a_lone_call_is_not_delayed() -> None:
+    recorder = Recorder()
+    recorder.release.set()
+    batcher: Batcher[int, int] = Batcher(recorder.send, delay_s=60)  # a delay nobody could wait out
+    for n in range(3):
+        assert await asyncio.wait_for(batcher.submit(n), 5) == n * 10
+    assert recorder.batches == [[0], [1], [2]]
+
+
+async def test_cancelled_work_is_never_sent() -> None:
+    recorder = Recorder()
+    batcher: Batcher[int, int] = Batcher(recorder.send, delay_s=0)
+    first = batcher.submit(1)
+    await asyncio.sleep(0)
+    dropped = batcher.submit(2)
+    kept = batcher.submit(3)
+    dropped.cancel()
+    recorder.release.set()
+    assert await first == 10 and await kept == 30
+    assert recorder.batches == [[1], [3]]
+
+
+async def test_a_failed_send_fails_its_batch_only() -> None:
+    calls = 0
+
+    async def send(items: Sequence[int]) -> list[int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("boom")
+        return list(items)
+
+    batcher: Batcher[int, int] = Batcher(send, delay_s=0)
+    failed = batcher.submit(1)
+    try:
+        await failed
+    except RuntimeError as exc:
+        assert str(exc) == "boom"
+    else:
+        raise AssertionError("the failure was not passed on")
+    assert await batcher.submit(2) == 2
