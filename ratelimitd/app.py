@@ -7,12 +7,12 @@ import contextlib
 import signal
 
 import grpc
-from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from envoy.service.ratelimit.v3 import rls_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ratelimitd import metrics
-from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2_grpc as admin_pb2_grpc
+from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2 as admin_pb2
 from ratelimitd.backends.base import Backend
 from ratelimitd.backends.memory import MemoryBackend
 from ratelimitd.backends.redis import RedisBackend
@@ -25,6 +25,7 @@ from ratelimitd.logs import get_logger
 from ratelimitd.server.admin_service import SERVICE_NAME as ADMIN_SERVICE
 from ratelimitd.server.admin_service import AdminServicer
 from ratelimitd.server.grpc_service import RateLimitServicer
+from ratelimitd.server.handlers import service_handler
 from ratelimitd.server.http import HttpServer
 from ratelimitd.server.http_api import routes
 from ratelimitd.server.tls import ReloadingCredentials
@@ -122,9 +123,23 @@ class App:
                 ("grpc.http2.max_ping_strikes", 0),
             ]
         )
-        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(RateLimitServicer(self.limiter), server)
-        admin_pb2_grpc.add_RateLimitAdminServicer_to_server(  # type: ignore[no-untyped-call]
-            AdminServicer(self.limiter, settings.read_admin_token), server
+        server.add_generic_rpc_handlers(
+            (
+                service_handler(
+                    ENVOY_SERVICE,
+                    RateLimitServicer(self.limiter),
+                    {"ShouldRateLimit": (rls_pb2.RateLimitRequest, rls_pb2.RateLimitResponse)},
+                ),
+                service_handler(
+                    ADMIN_SERVICE,
+                    AdminServicer(self.limiter, settings.read_admin_token),
+                    {
+                        "Reset": (admin_pb2.ResetRequest, admin_pb2.ResetResponse),
+                        "Peek": (admin_pb2.PeekRequest, admin_pb2.PeekResponse),
+                        "GetConfig": (admin_pb2.GetConfigRequest, admin_pb2.GetConfigResponse),
+                    },
+                ),
+            )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

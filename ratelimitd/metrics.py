@@ -20,6 +20,7 @@ from prometheus_client import (
     multiprocess,
 )
 
+from ratelimitd.logs import hashed
 from ratelimitd.model import Rule
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -107,6 +108,7 @@ CONFIG_INFO = Gauge(
     registry=REGISTRY,
 )
 DETAILED_OTHER = "_other_"
+MAX_DETAIL_LENGTH = 64
 
 
 def set_config_hash(content_hash: str) -> None:
@@ -127,7 +129,8 @@ class RuleMetrics:
     """The labelled counters of each rule, made once and reused on every hit.
 
     A `detailed_metric` rule gets one series per request value, up to `max_values` per rule;
-    later values share the series `rule_other_`, so no request can blow up /metrics.
+    later values share the series `rule_other_`, and values longer than `MAX_DETAIL_LENGTH`
+    are shortened to a prefix and a digest, so no request can blow up /metrics.
     """
 
     def __init__(self, near_ratio: float = 0.8, max_values: int = 100) -> None:
@@ -154,6 +157,8 @@ class RuleMetrics:
     def _for(self, rule: Rule, detail: str) -> _Children:
         path = rule.path
         if rule.detailed_metric:
+            if len(detail) > MAX_DETAIL_LENGTH:  # long values: a prefix and a digest
+                detail = f"{detail[: MAX_DETAIL_LENGTH - 13]}_{hashed(detail)}"
             seen = self._values_seen.setdefault((rule.domain, rule.path), set())
             if detail not in seen and len(seen) >= self.max_values:
                 detail = DETAILED_OTHER

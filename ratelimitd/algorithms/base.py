@@ -21,6 +21,9 @@ State = tuple[float, ...]
 # Slack in comparisons of fractional amounts (tokens, weighted estimates): time differences
 # like (T + 0.1) - T come out a hair short, which must not turn an admit into a denial.
 TOLERANCE = 1e-9
+# Added to the wait a denial reports: timestamps near 1.7e9 s are only exact to ~0.24 µs, so a
+# retry at exactly the computed instant could land a hair early and be refused again.
+RETRY_MARGIN_S = 1e-6
 
 
 class Outcome(NamedTuple):

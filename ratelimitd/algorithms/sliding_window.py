@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from ratelimitd.algorithms.base import TOLERANCE, Outcome, State
+from ratelimitd.algorithms.base import RETRY_MARGIN_S, TOLERANCE, Outcome, State
 from ratelimitd.model import Limit, LimitResult
 
 
@@ -39,7 +39,8 @@ def step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
     if allowed:
         reset_after = _restored_after(now, window, period, current, previous)
     else:
-        reset_after = _admits_after(now, window, period, current, previous, capacity - max(cost, 1))
+        room = capacity - max(cost, 1)
+        reset_after = _admits_after(now, window, period, current, previous, room) + RETRY_MARGIN_S
     return Outcome(
         (window, current, previous),
         LimitResult(allowed, remaining, reset_after),

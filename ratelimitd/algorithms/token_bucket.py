@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from ratelimitd.algorithms.base import TOLERANCE, Outcome, State
+from ratelimitd.algorithms.base import RETRY_MARGIN_S, TOLERANCE, Outcome, State
 from ratelimitd.model import Limit, LimitResult
 
 
@@ -29,7 +29,7 @@ def step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
     if allowed or cost > capacity:
         reset_after = full_after
     else:
-        reset_after = (max(cost, 1) - tokens) / rate
+        reset_after = (max(cost, 1) - tokens) / rate + RETRY_MARGIN_S
     return Outcome(
         (tokens, now), LimitResult(allowed, math.floor(tokens), reset_after), now + full_after
     )

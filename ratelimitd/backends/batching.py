@@ -25,7 +25,7 @@ class Batcher(Generic[Item, Result]):
     def __init__(
         self,
         send: Callable[[Sequence[Item]], Awaitable[Sequence[Result]]],
-        max_in_flight: int = 1,
+        max_in_flight: int = 16,
         max_batch: int = 1024,
         delay_s: float = 0.0005,
     ) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import ClusterDownError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ratelimitd import metrics
@@ -59,6 +59,15 @@ def parse_reply(reply: Sequence[int]) -> CounterResult:
         for i in range(1, len(reply), 3)
     )
     return CounterResult(bool(reply[0]), results)
+
+
+def _kind_of(error: Exception) -> str:
+    """The metrics label of an error a pipeline returned in place of a reply."""
+    if isinstance(error, RedisTimeoutError):
+        return "timeout"
+    if isinstance(error, ResponseError) and not isinstance(error, ClusterDownError):
+        return "script"
+    return "connection"
 
 
 class OverLimitCache:
@@ -207,7 +216,7 @@ class RedisBackend:
         results = []
         for reply in replies:
             if isinstance(reply, Exception):
-                raise BackendError(f"Redis script failed: {reply}", kind="script") from reply
+                raise BackendError(f"Redis failed: {reply}", kind=_kind_of(reply)) from reply
             results.append(parse_reply(reply))
         return results
 
@@ -250,7 +259,12 @@ class RedisBackend:
                 node = ""  # not yet initialised or mid-failover: any batch will do
         batcher = self._batchers.get(node)
         if batcher is None:
-            batcher = self._batchers[node] = Batcher(self._send, delay_s=self.options.batch_delay_s)
+            # the lean connection pipelines any number of batches on one socket; redis-py
+            # takes a pooled connection per batch, so fewer go out at once there
+            in_flight = self.options.max_in_flight or (16 if self.fast is not None else 4)
+            batcher = self._batchers[node] = Batcher(
+                self._send, max_in_flight=in_flight, delay_s=self.options.batch_delay_s
+            )
         return batcher
 
     async def reset(self, requests: Sequence[CounterRequest]) -> int:

@@ -30,6 +30,7 @@ class RedisOptions:
     tls_cert: str = ""
     tls_key: str = ""
     batch_delay_s: float = 0.0005
+    max_in_flight: int | None = None  # batches out at once per node; None: 16 lean, 4 redis-py
 
 
 def describe(url: str) -> str:

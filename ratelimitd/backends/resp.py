@@ -7,8 +7,11 @@ the replies with `hiredis.Reader` (C). Sentinel and Cluster keep redis-py, which
 topologies.
 
 Errors are redis-py's exception types, so the backend handles both paths alike. A batch that
-gets no reply within the timeout closes the connection (a frozen server must not hold later
-batches hostage); the next batch connects again.
+gets no reply within the timeout fails, but keeps its place in the reply stream, so that its
+late replies are read and dropped and the batches behind it stay in step: a slow moment does
+not cost the connection. Only when the oldest batch has waited `STALE_AFTER_TIMEOUTS`
+timeouts (a server that has gone silent) is the connection dropped; the next batch connects
+again.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Command = Sequence[str | int | bytes]
+STALE_AFTER_TIMEOUTS = 10
 
 
 def pack(commands: Sequence[Command]) -> bytes:
@@ -78,8 +82,8 @@ class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
-        # each waiter: (replies still expected, replies so far, future)
-        self.waiters: deque[tuple[int, list[Any], asyncio.Future[list[Any]]]] = deque()
+        # each waiter: (replies expected, replies so far, future, when sent)
+        self.waiters: deque[tuple[int, list[Any], asyncio.Future[list[Any]], float]] = deque()
         self.lost: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -96,7 +100,7 @@ class _Protocol(asyncio.Protocol):
             if not waiters:  # an answer nobody waits for: the stream is out of step
                 self._fail(RedisConnectionError("unexpected reply from Redis"))
                 return
-            expected, replies, future = waiters[0]
+            expected, replies, future, _ = waiters[0]
             replies.append(translate(reply))
             if len(replies) == expected:
                 waiters.popleft()
@@ -109,7 +113,7 @@ class _Protocol(asyncio.Protocol):
 
     def _fail(self, exc: Exception) -> None:
         while self.waiters:
-            _, _, future = self.waiters.popleft()
+            _, _, future, _ = self.waiters.popleft()
             if not future.done():
                 future.set_exception(exc)
         if self.transport is not None:
@@ -127,26 +131,29 @@ class RespConnection:
 
     async def execute(self, commands: Sequence[Command]) -> list[Any]:
         """Sends `commands` in one write; their replies, in order (errors as exceptions)."""
+        loop = asyncio.get_running_loop()
         protocol = await self._connected()
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        protocol.waiters.append((len(commands), [], future))
+        if self._is_stale(protocol, loop.time()):
+            self._drop(
+                protocol, RedisTimeoutError("Redis has stopped answering on this connection")
+            )
+            protocol = await self._connected()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        protocol.waiters.append((len(commands), [], future, loop.time()))
         assert protocol.transport is not None
         protocol.transport.write(pack(commands))
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await future
         except TimeoutError:
-            self._drop(
-                protocol,
-                RedisTimeoutError(f"no reply from Redis within {self.timeout_s * 1000:.0f} ms"),
-            )
+            # the waiter stays queued, its future cancelled, to absorb its late replies
             raise RedisTimeoutError(
                 f"no reply from Redis within {self.timeout_s * 1000:.0f} ms"
             ) from None
-        except asyncio.CancelledError:
-            # the replies would come back out of step with the next batch: start afresh
-            self._drop(protocol, RedisConnectionError("a batch was cancelled"))
-            raise
+
+    def _is_stale(self, protocol: _Protocol, now: float) -> bool:
+        oldest = protocol.waiters[0][3] if protocol.waiters else now
+        return now - oldest > STALE_AFTER_TIMEOUTS * self.timeout_s
 
     def _drop(self, protocol: _Protocol, exc: Exception) -> None:
         if self._protocol is protocol:

@@ -68,7 +68,7 @@ def config_from_texts(
     documents: list[tuple[str, DomainDocument]] = []
     digest = hashlib.sha256()
     for file, text in sources:
-        digest.update(file.encode() + b"\0" + text.encode() + b"\0")
+        digest.update(file.encode() + b"\0" + text.encode("utf-8", "surrogatepass") + b"\0")
         file_errors, file_documents = parse_text(file, text)
         errors.extend(file_errors)
         documents.extend((file, document) for document in file_documents)
@@ -103,6 +103,8 @@ def parse_text(file: str, text: str) -> tuple[list[str], list[DomainDocument]]:
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.YAMLError as exc:
         return [f"{file}: error loading config file: {_one_line(exc)}"], []
+    except RecursionError:
+        return [f"{file}: error loading config file: nested too deeply"], []
     real = [node for node in nodes if node is not None and not _is_empty_document(node)]
     if not real:
         errors.items.append(f"{file}: config file cannot have empty domain")

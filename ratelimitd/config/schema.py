@@ -50,6 +50,8 @@ LIMIT_KEYS = frozenset(
 UNIT_NAMES = ", ".join(unit.name.lower() for unit in Unit)
 ALGORITHM_NAMES = ", ".join(algorithm.value for algorithm in Algorithm)
 MAX_REQUESTS_PER_UNIT = 2**32 - 1
+# Deeper than any real descriptor (Envoy sends a handful of entries; requests allow 32).
+MAX_DEPTH = 32
 
 
 @dataclass
@@ -187,6 +189,11 @@ def _descriptor_list(
         return []
     if not isinstance(node, yaml.SequenceNode):
         errors.add(node, where, f"expected a list of descriptors, got {_kind(node)}")
+        return []
+    if (
+        where.count("descriptors") > MAX_DEPTH
+    ):  # `where` names each level: descriptors[i].descriptors
+        errors.add(node, where, f"descriptors are nested more than {MAX_DEPTH} levels deep")
         return []
     out: list[DescriptorNode] = []
     seen: dict[tuple[str, str | None], int] = {}

@@ -14,6 +14,7 @@ from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2 as pb
 from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2_grpc as pb_grpc
 from ratelimitd.limiter import Limiter, LimitState
 from ratelimitd.model import Descriptor, Request
+from ratelimitd.server.handlers import refuse_malformed
 from ratelimitd.server.status import grpc_status
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RateLimitAdmin"].full_name
@@ -57,7 +58,8 @@ class AdminServicer(pb_grpc.RateLimitAdminServicer):
         self.limiter = limiter
         self._token = token
 
-    async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+    async def _check_call(self, request: object, context: grpc.aio.ServicerContext) -> None:
+        """The token first (a stranger learns nothing else), then that the request parsed."""
         expected = self._token()
         if not expected:
             await context.abort(
@@ -75,11 +77,12 @@ class AdminServicer(pb_grpc.RateLimitAdminServicer):
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, "missing or wrong 'authorization: Bearer' token"
             )
+        await refuse_malformed(request, context)
 
     async def Reset(
         self, request: pb.ResetRequest, context: grpc.aio.ServicerContext
     ) -> pb.ResetResponse:
-        await self._authorize(context)
+        await self._check_call(request, context)
         async with grpc_status(context):
             cleared = await self.limiter.reset(request_from_proto(request))
         return pb.ResetResponse(cleared=cleared)
@@ -87,7 +90,7 @@ class AdminServicer(pb_grpc.RateLimitAdminServicer):
     async def Peek(
         self, request: pb.PeekRequest, context: grpc.aio.ServicerContext
     ) -> pb.PeekResponse:
-        await self._authorize(context)
+        await self._check_call(request, context)
         async with grpc_status(context):
             states = await self.limiter.peek(request_from_proto(request))
         return pb.PeekResponse(states=[state_to_proto(state) for state in states])
@@ -95,7 +98,7 @@ class AdminServicer(pb_grpc.RateLimitAdminServicer):
     async def GetConfig(
         self, request: pb.GetConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetConfigResponse:
-        await self._authorize(context)
+        await self._check_call(request, context)
         config = self.limiter.config
         loaded_at = Timestamp()
         loaded_at.FromNanoseconds(int(config.loaded_at * 1e9))

@@ -21,7 +21,7 @@ def request_from_proto(message: rls_pb2.RateLimitRequest) -> Request:
             if unit is None:
                 raise InvalidRequest(
                     f"descriptors[{position}].limit has unit {descriptor.limit.unit}: "
-                    "expected SECOND, MINUTE, HOUR, DAY, MONTH or YEAR"
+                    "expected SECOND, MINUTE, HOUR, DAY, WEEK, MONTH or YEAR"
                 )
             override = LimitOverride(descriptor.limit.requests_per_unit, unit)
         hits = descriptor.hits_addend.value if descriptor.HasField("hits_addend") else None

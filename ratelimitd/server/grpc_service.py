@@ -11,6 +11,7 @@ from ratelimitd import metrics
 from ratelimitd.limiter import Limiter
 from ratelimitd.logs import bind_request
 from ratelimitd.server.convert import decision_to_proto, request_from_proto
+from ratelimitd.server.handlers import refuse_malformed
 from ratelimitd.server.status import grpc_status
 
 _LATENCY = metrics.REQUEST_LATENCY.labels("ShouldRateLimit")
@@ -27,6 +28,7 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext
     ) -> rls_pb2.RateLimitResponse:
         started = time.perf_counter()
+        await refuse_malformed(request, context)
         bind_request(rpc="ShouldRateLimit", domain=request.domain)
         async with grpc_status(context):
             decision = await self.limiter.should_rate_limit(request_from_proto(request))

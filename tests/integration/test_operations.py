@@ -151,7 +151,8 @@ async def test_an_expired_deadline_is_not_sent_to_redis(
 
     grpc.aio cancels their handlers at the deadline; the batcher skips cancelled entries.
     """
-    backend = RedisBackend(RedisOptions(url=redis_server.url, timeout_s=5.0))
+    # one batch out at a time, so that the hurried calls queue behind the slow one
+    backend = RedisBackend(RedisOptions(url=redis_server.url, timeout_s=5.0, max_in_flight=1))
     app = await start_server(RULES, backend=backend)
     assert redis_server.process is not None
     pid = redis_server.process.pid

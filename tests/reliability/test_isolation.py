@@ -267,12 +267,6 @@ async def test_100000_distinct_values_cannot_blow_up_metrics(serve: Serve, figur
     assert len(text) < 1024 * 1024
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="detailed_metric label values are request values kept whole: 100 values of 4096 "
-    "characters make /metrics several MB (the series count is capped, their size is not); "
-    "see docs/reliability.md",
-)
 async def test_long_detailed_values_cannot_blow_up_metrics_either(
     serve: Serve, figures: Record
 ) -> None:

@@ -41,6 +41,7 @@ local function sliding_window(key, now, limit, period, burst, cost)
       local fraction = 1 - room / current
       reset_after = window + period + period * fraction - now
     end
+    reset_after = reset_after + RETRY_MARGIN_S
   end
   local function commit()
     redis.call('HSET', key, 'w', fmt(window), 'c', current, 'p', previous)

@@ -15,7 +15,7 @@ local function token_bucket(key, now, limit, period, burst, cost)
   if allowed or cost > capacity then
     reset_after = full_after
   else
-    reset_after = (math.max(cost, 1) - tokens) / rate
+    reset_after = (math.max(cost, 1) - tokens) / rate + RETRY_MARGIN_S
   end
   local function commit()
     redis.call('HSET', key, 't', fmt(tokens), 'l', fmt(now))

@@ -1,0 +1,55 @@
+"""Registers servicers with deserializers that never raise.
+
+A request that does not parse (a string that is not UTF-8, garbage, a truncated message)
+would otherwise fail inside grpc's C layer: the caller gets UNKNOWN and the log a traceback,
+once per call. Here it becomes a `Malformed` value that the servicer answers with
+INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A request body that did not parse."""
+
+    error: str
+
+
+def _safe(message_type: type[Message]) -> Callable[[bytes], Message | Malformed]:
+    def parse(data: bytes) -> Message | Malformed:
+        try:
+            return message_type.FromString(data)
+        except (DecodeError, RuntimeError, ValueError) as exc:
+            return Malformed(str(exc) or type(exc).__name__)
+
+    return parse
+
+
+def service_handler(
+    service_name: str,
+    servicer: object,
+    methods: dict[str, tuple[type[Message], type[Message]]],
+) -> grpc.GenericRpcHandler:
+    """A generic handler for unary methods: `{name: (request type, response type)}`."""
+    handlers: dict[str, Any] = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=_safe(request_type),
+            response_serializer=response_type.SerializeToString,
+        )
+        for name, (request_type, response_type) in methods.items()
+    }
+    return grpc.method_handlers_generic_handler(service_name, handlers)
+
+
+async def refuse_malformed(request: object, context: grpc.aio.ServicerContext) -> None:
+    if isinstance(request, Malformed):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.error}")
