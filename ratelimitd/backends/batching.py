@@ -37,9 +37,12 @@ class Batcher(Generic[Item, Result]):
         self._flush_scheduled = False
         self.delay_s = delay_s
         self._last_batch_size = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, item: Item) -> asyncio.Future[Result]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # looked up once: on Python 3.11 each lookup costs a getpid()
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         self._pending.append((item, future))
         self._schedule(loop)
@@ -55,7 +58,8 @@ class Batcher(Generic[Item, Result]):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None
         batch = self._pending[: self.max_batch]
         del self._pending[: self.max_batch]
         batch = [(item, future) for item, future in batch if not future.done()]
@@ -70,7 +74,8 @@ class Batcher(Generic[Item, Result]):
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if self._pending:
-            self._schedule(asyncio.get_running_loop())
+            assert self._loop is not None
+            self._schedule(self._loop)
 
     async def _run(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:

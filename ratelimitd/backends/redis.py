@@ -140,7 +140,7 @@ class RedisBackend:
         self._sha = ""
         # one batcher per Cluster node (just one otherwise), so each node's pipeline fills
         # while that node's previous one is out
-        self._batchers: dict[str, Batcher[CounterRequest, CounterResult]] = {}
+        self._batchers: dict[str, Batcher[tuple[CounterRequest, ...], list[CounterResult]]] = {}
         self.cache = OverLimitCache() if local_cache else None
         self.cluster = isinstance(self.client, RedisCluster)
         self.description = describe(options.url)
@@ -153,24 +153,33 @@ class RedisBackend:
 
     async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
         now = time.monotonic()
-        results: list[CounterResult | None] = []
-        futures = []
-        for request in requests:
-            cached = self.cache.get(request, now) if self.cache is not None else None
-            results.append(cached)
-            if cached is None:
-                futures.append(self._batcher_for(request).submit(request))
-        if futures:
-            answers = iter(await self._wait(futures))
-            results = [result if result is not None else next(answers) for result in results]
+        results: list[CounterResult | None] = [
+            self.cache.get(request, now) if self.cache is not None else None for request in requests
+        ]
+        # one batch item per call (and per Cluster node): the batcher counts callers, not
+        # descriptors, when it decides whether there is company to wait for
+        groups: dict[str, list[int]] = {}
+        for index, request in enumerate(requests):
+            if results[index] is None:
+                groups.setdefault(self._node_of(request), []).append(index)
+        if groups:
+            futures = [
+                self._batcher(node).submit(tuple(requests[i] for i in indexes))
+                for node, indexes in groups.items()
+            ]
+            for indexes, answers in zip(groups.values(), await self._wait(futures), strict=True):
+                for index, answer in zip(indexes, answers, strict=True):
+                    results[index] = answer
+        done = [result for result in results if result is not None]
         if self.cache is not None:
-            metrics.LOCAL_CACHE_HITS.inc(len(requests) - len(futures))
-            for request, result in zip(requests, results, strict=True):
-                assert result is not None
+            metrics.LOCAL_CACHE_HITS.inc(len(requests) - sum(map(len, groups.values())))
+            for request, result in zip(requests, done, strict=True):
                 self.cache.put(request, result, now)
-        return [result for result in results if result is not None]
+        return done
 
-    async def _wait(self, futures: list[asyncio.Future[CounterResult]]) -> list[CounterResult]:
+    async def _wait(
+        self, futures: list[asyncio.Future[list[CounterResult]]]
+    ) -> list[list[CounterResult]]:
         """The answers, or BackendError after the timeout. One timer, no task: this is hot."""
         timed_out = False
 
@@ -195,7 +204,18 @@ class RedisBackend:
             for future in futures:  # a caller that gave up: its unsent work is dropped
                 future.cancel()
 
-    async def _send(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
+    async def _send(
+        self, groups: Sequence[tuple[CounterRequest, ...]]
+    ) -> list[list[CounterResult]]:
+        """One pipeline for every call's requests in the batch; the results, call by call."""
+        flat = await self._send_flat([request for group in groups for request in group])
+        out, start = [], 0
+        for group in groups:
+            out.append(flat[start : start + len(group)])
+            start += len(group)
+        return out
+
+    async def _send_flat(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
         now = repr(self._clock.now()) if self._clock is not None else ""
         try:
             if not self._sha:
@@ -249,14 +269,17 @@ class RedisBackend:
         finally:
             self._latency.observe(time.perf_counter() - started)
 
-    def _batcher_for(self, request: CounterRequest) -> Batcher[CounterRequest, CounterResult]:
-        node = ""
-        if self.cluster:
-            try:
-                slot = self.client.keyslot(request.base)
-                node = self.client.nodes_manager.get_node_from_slot(slot).name
-            except (RedisError, IndexError, KeyError):
-                node = ""  # not yet initialised or mid-failover: any batch will do
+    def _node_of(self, request: CounterRequest) -> str:
+        """The Cluster node a request's slot lives on ("" when not a Cluster)."""
+        if not self.cluster:
+            return ""
+        try:
+            slot = self.client.keyslot(request.base)
+            return str(self.client.nodes_manager.get_node_from_slot(slot).name)
+        except (RedisError, IndexError, KeyError):
+            return ""  # not yet initialised or mid-failover: any batch will do
+
+    def _batcher(self, node: str) -> Batcher[tuple[CounterRequest, ...], list[CounterResult]]:
         batcher = self._batchers.get(node)
         if batcher is None:
             # the lean connection pipelines any number of batches on one socket; redis-py

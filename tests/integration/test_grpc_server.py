@@ -160,7 +160,7 @@ async def test_global_shadow_mode(start_server: StartServer, channel_to) -> None
                     limit=ratelimit_pb2.RateLimitDescriptor.RateLimitOverride(requests_per_unit=1),
                 )
             ),
-            "descriptors[0].limit has unit 0: expected SECOND, MINUTE, HOUR, DAY, MONTH or YEAR",
+            "descriptors[0].limit has unit 0: expected SECOND, MINUTE, HOUR, DAY, WEEK, MONTH or YEAR",
         ),
     ],
 )
