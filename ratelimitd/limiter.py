@@ -82,6 +82,7 @@ class Limiter:
         self.backend = backend
         self.options = options or LimiterOptions()
         self._last_failure_log = -FAILURE_LOG_INTERVAL_S
+        self._decisions = metrics.DECISIONS.labels(backend.name)  # looked up once, not per call
         self.rule_metrics = metrics.RuleMetrics(
             self.options.near_limit_ratio, self.options.detailed_metric_max_values
         )
@@ -97,7 +98,7 @@ class Limiter:
             metrics.BACKEND_ERRORS.labels(self.backend.name, exc.kind).inc()
             return self._on_backend_failure(plans, exc)
         if counters:
-            metrics.DECISIONS.labels(self.backend.name).inc(len(counters))
+            self._decisions.inc(len(counters))
         statuses = []
         for plan in plans:
             result = next(results) if plan.counter is not None else None
