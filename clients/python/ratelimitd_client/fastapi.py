@@ -6,52 +6,7 @@ from ratelimitd_client.fastapi import (RateLimitExceeded, rate_limit,
                                        rate_limit_exceeded_handler, remote_address)
 """
 
-from ratelimitd_client.starlette import (
-    DECISIONS_KEY,
-    DescriptorSource,
-    EntryBuilder,
-    Header,
-    Method,
-    RateLimitExceeded,
-    RateLimitHeadersMiddleware,
-    RateLimitMiddleware,
-    RemoteAddress,
-    Route,
-    Rule,
-    State,
-    build_descriptors,
-    denial_response,
-    header,
-    method,
-    rate_limit,
-    rate_limit_exceeded_handler,
-    remote_address,
-    route,
-    route_template,
-    state,
-)
+from ratelimitd_client import starlette as _starlette
+from ratelimitd_client.starlette import *  # noqa: F403 - the same public objects, by design
 
-__all__ = [
-    "DECISIONS_KEY",
-    "DescriptorSource",
-    "EntryBuilder",
-    "Header",
-    "Method",
-    "RateLimitExceeded",
-    "RateLimitHeadersMiddleware",
-    "RateLimitMiddleware",
-    "RemoteAddress",
-    "Route",
-    "Rule",
-    "State",
-    "build_descriptors",
-    "denial_response",
-    "header",
-    "method",
-    "rate_limit",
-    "rate_limit_exceeded_handler",
-    "remote_address",
-    "route",
-    "route_template",
-    "state",
-]
+__all__ = _starlette.__all__
