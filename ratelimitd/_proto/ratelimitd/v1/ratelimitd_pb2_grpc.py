@@ -188,3 +188,87 @@ class RateLimitAdmin:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RateLimitBatchStub:
+    """Many of Envoy's ShouldRateLimit decisions in one call, for applications that decide many
+    requests at once (ratelimitd_client coalesces its concurrent checks into one such call).
+    Like Envoy's RateLimitService, it needs no token. Each request is decided exactly as if it
+    had been sent alone to envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ShouldRateLimitBatch = channel.unary_unary(
+                '/ratelimitd.v1.RateLimitBatch/ShouldRateLimitBatch',
+                request_serializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.ShouldRateLimitBatchRequest.SerializeToString,
+                response_deserializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.ShouldRateLimitBatchResponse.FromString,
+                _registered_method=True)
+
+
+class RateLimitBatchServicer:
+    """Many of Envoy's ShouldRateLimit decisions in one call, for applications that decide many
+    requests at once (ratelimitd_client coalesces its concurrent checks into one such call).
+    Like Envoy's RateLimitService, it needs no token. Each request is decided exactly as if it
+    had been sent alone to envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit.
+    """
+
+    def ShouldRateLimitBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RateLimitBatchServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ShouldRateLimitBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShouldRateLimitBatch,
+                    request_deserializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.ShouldRateLimitBatchRequest.FromString,
+                    response_serializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.ShouldRateLimitBatchResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'ratelimitd.v1.RateLimitBatch', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('ratelimitd.v1.RateLimitBatch', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RateLimitBatch:
+    """Many of Envoy's ShouldRateLimit decisions in one call, for applications that decide many
+    requests at once (ratelimitd_client coalesces its concurrent checks into one such call).
+    Like Envoy's RateLimitService, it needs no token. Each request is decided exactly as if it
+    had been sent alone to envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit.
+    """
+
+    @staticmethod
+    def ShouldRateLimitBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ratelimitd.v1.RateLimitBatch/ShouldRateLimitBatch',
+            ratelimitd_dot_v1_dot_ratelimitd__pb2.ShouldRateLimitBatchRequest.SerializeToString,
+            ratelimitd_dot_v1_dot_ratelimitd__pb2.ShouldRateLimitBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
