@@ -29,6 +29,7 @@ from ratelimitd_client._core import (
     normalize_descriptors,
     peek_request,
     reset_request,
+    response_from_result,
     states_from_response,
     translate_error,
 )
@@ -307,11 +308,23 @@ def test_grpc_errors_are_translated_in_one_place(
     assert code.name in str(error) and "what happened" in str(error)
     if reason is not None:
         assert isinstance(error, ServiceUnavailable) and error.reason == reason
+    failed_item = admin_pb.BatchResult(error_code=code.value[0], error_message="what happened")
+    with pytest.raises(kind) as raised:  # a batch item's code: the same error
+        response_from_result(failed_item)
+    assert str(raised.value) == str(error)
 
 
 def test_an_rpc_error_without_a_code_is_a_service_error() -> None:
     error = translate_error(grpc.RpcError("odd"))
     assert isinstance(error, ServiceUnavailable) and error.reason == "error"
+    with pytest.raises(ServiceUnavailable, match="UNKNOWN: status 99"):
+        response_from_result(admin_pb.BatchResult(error_code=99))
+
+
+def test_a_decided_batch_item_is_its_response() -> None:
+    decided = response(OVER, status(OVER, 3, 0, 20.0))
+    item = admin_pb.BatchResult(response=decided.SerializeToString())
+    assert response_from_result(item) == decided
 
 
 @pytest.mark.parametrize(

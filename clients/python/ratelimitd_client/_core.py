@@ -64,6 +64,7 @@ class ServiceUnavailable(RateLimitError):
         self.detail = detail
 
 
+_STATUS_CODES = {status.value[0]: status for status in grpc.StatusCode}
 _CALLER_ERRORS: dict[grpc.StatusCode, type[RateLimitError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
@@ -82,7 +83,12 @@ def translate_error(exc: grpc.RpcError) -> RateLimitError:
     """
     code = exc.code() if callable(getattr(exc, "code", None)) else None
     details = exc.details() if callable(getattr(exc, "details", None)) else None
-    message = f"{getattr(code, 'name', 'UNKNOWN')}: {details or exc}"
+    return translate_status(code, details or str(exc))
+
+
+def translate_status(code: grpc.StatusCode | None, details: str) -> RateLimitError:
+    """`translate_error` for a status given apart from an exception (a batch item's)."""
+    message = f"{getattr(code, 'name', 'UNKNOWN')}: {details}"
     caller_error = _CALLER_ERRORS.get(code)
     if caller_error is not None:
         return caller_error(message)
@@ -332,6 +338,11 @@ def check_request(
     return request
 
 
+def batch_request(encoded: Sequence[bytes]) -> admin_pb.ShouldRateLimitBatchRequest:
+    """ratelimitd's `ShouldRateLimitBatch` request: encoded `RateLimitRequest`s."""
+    return admin_pb.ShouldRateLimitBatchRequest(requests=encoded)
+
+
 def _admin_descriptors(descriptors: Sequence[DescriptorLike]) -> list[admin_pb.Descriptor]:
     return [
         admin_pb.Descriptor(entries=[admin_pb.Entry(key=k, value=v) for k, v in entries])
@@ -407,6 +418,14 @@ def _headline(allowed: bool, statuses: tuple[DescriptorStatus, ...]) -> Descript
     if not allowed and denying:
         return max(denying, key=lambda s: s.reset_after)
     return min(limited, key=lambda s: (s.remaining or 0, -s.reset_after))
+
+
+def response_from_result(result: admin_pb.BatchResult) -> rls_pb2.RateLimitResponse:
+    """One batch item's answer; raises what `translate_error` gives for the same failed call."""
+    if result.error_code:
+        code = _STATUS_CODES.get(result.error_code)
+        raise translate_status(code, result.error_message or f"status {result.error_code}")
+    return rls_pb2.RateLimitResponse.FromString(result.response)
 
 
 def failure_decision(options: ClientOptions, error: ServiceUnavailable) -> Decision:
