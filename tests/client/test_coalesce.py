@@ -44,7 +44,8 @@ class Echo(rls_pb2_grpc.RateLimitServiceServicer, pb_grpc.RateLimitBatchServicer
     batch RPC. `calls` counts calls by method, those to a method it lacks too; `seen` holds
     the `n` of every request it received, on arrival."""
 
-    def __init__(self, batch: bool = True) -> None:
+    def __init__(self, batch: bool = True, max_batch: int = 1024) -> None:
+        self.max_batch = max_batch
         self.calls: collections.Counter[str] = collections.Counter()
         self.seen: list[str] = []
         self.server = grpc.aio.server(interceptors=[_Counting(self.calls)])
@@ -80,6 +81,8 @@ class Echo(rls_pb2_grpc.RateLimitServiceServicer, pb_grpc.RateLimitBatchServicer
         return response
 
     async def ShouldRateLimitBatch(self, request: Any, context: Any) -> Any:
+        if len(request.requests) > self.max_batch:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "too many requests")
         requests = [rls_pb2.RateLimitRequest.FromString(data) for data in request.requests]
         self.seen.extend(_entries(one).get("n", "") for one in requests)
         await asyncio.sleep(max(float(_entries(one).get("delay", 0)) for one in requests))
@@ -111,8 +114,8 @@ class _Counting(grpc.aio.ServerInterceptor):
 async def start_echo() -> AsyncIterator[Callable[..., Awaitable[Echo]]]:
     started: list[Echo] = []
 
-    async def start(batch: bool = True) -> Echo:
-        server = Echo(batch)
+    async def start(**options: Any) -> Echo:
+        server = Echo(**options)
         await server.server.start()
         started.append(server)
         return server
@@ -266,6 +269,21 @@ async def test_a_server_without_the_batch_rpc_gets_single_calls_from_then_on(
         assert all(d.failure is None for d in decisions)
         assert server.calls == {"ShouldRateLimit": len(server.seen), "ShouldRateLimitBatch": 1}
     assert len(server.seen) == 60
+
+
+async def test_a_batch_refused_as_a_whole_is_sent_again_as_single_calls(
+    start_echo: Callable[..., Awaitable[Echo]], async_client: MakeAsync
+) -> None:
+    server = await start_echo(max_batch=5)
+    client = async_client(server.target)
+    for wave in range(2):  # not remembered: the next batch is tried again
+        numbers = range(wave * 30, wave * 30 + 30)
+        decisions = await asyncio.gather(*(check(client, n=str(n)) for n in numbers))
+        assert [d.remaining for d in decisions] == list(numbers)
+        assert server.calls == {
+            "ShouldRateLimit": 30 * (wave + 1),
+            "ShouldRateLimitBatch": wave + 1,
+        }
 
 
 async def test_coalesce_false_sends_one_call_per_check(
