@@ -24,17 +24,21 @@ from ratelimitd.limiter import Bounds, Limiter, LimiterOptions
 from ratelimitd.logs import get_logger
 from ratelimitd.server.admin_service import SERVICE_NAME as ADMIN_SERVICE
 from ratelimitd.server.admin_service import AdminServicer
+from ratelimitd.server.batch_service import SERVICE_NAME as BATCH_SERVICE
+from ratelimitd.server.batch_service import BatchServicer
+from ratelimitd.server.encode import ResponseEncoder
 from ratelimitd.server.grpc_service import RateLimitServicer
 from ratelimitd.server.handlers import service_handler
 from ratelimitd.server.http import HttpServer
 from ratelimitd.server.http_api import routes
+from ratelimitd.server.prepared import PreparedRequests
 from ratelimitd.server.tls import ReloadingCredentials
 from ratelimitd.settings import Settings
 
 log = get_logger("ratelimitd")
 
 ENVOY_SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
-HEALTH_SERVICES = ("", ENVOY_SERVICE, ADMIN_SERVICE)
+HEALTH_SERVICES = ("", ENVOY_SERVICE, BATCH_SERVICE, ADMIN_SERVICE)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -87,6 +91,8 @@ class App:
                 ),
             ),
         )
+        self.prepared = PreparedRequests(self.limiter)  # shared by ShouldRateLimit and batches
+        self.encoder = ResponseEncoder()
         self.reloader = ConfigReloader([settings.config], self.apply_config, settings.config_poll_s)
         self.health = health.aio.HealthServicer()
         self.grpc_server: grpc.aio.Server | None = None
@@ -125,10 +131,16 @@ class App:
         )
         server.add_generic_rpc_handlers(
             (
+                # bytes both ways: the servicers parse and encode themselves (grpc_service.py)
                 service_handler(
                     ENVOY_SERVICE,
-                    RateLimitServicer(self.limiter),
-                    {"ShouldRateLimit": (rls_pb2.RateLimitRequest, rls_pb2.RateLimitResponse)},
+                    RateLimitServicer(self.limiter, self.prepared, self.encoder),
+                    {"ShouldRateLimit": (None, None)},
+                ),
+                service_handler(
+                    BATCH_SERVICE,
+                    BatchServicer(self.limiter, self.prepared, self.encoder),
+                    {"ShouldRateLimitBatch": (admin_pb2.ShouldRateLimitBatchRequest, None)},
                 ),
                 service_handler(
                     ADMIN_SERVICE,
@@ -143,7 +155,14 @@ class App:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (ENVOY_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (
+                ENVOY_SERVICE,
+                BATCH_SERVICE,
+                ADMIN_SERVICE,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
+            server,
         )
         address = f"{settings.host}:{settings.grpc_port}"
         if settings.tls_cert:

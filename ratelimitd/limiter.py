@@ -8,6 +8,7 @@ batch, and builds one status per descriptor.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ratelimitd import metrics
@@ -74,6 +75,15 @@ class _Planned:
     entries: tuple[Entry, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A validated request matched against `config`: what each descriptor will be charged."""
+
+    config: RateLimitConfig
+    plans: tuple[_Planned, ...]
+    counters: tuple[CounterRequest, ...]
+
+
 class Limiter:
     def __init__(
         self, config: RateLimitConfig, backend: Backend, options: LimiterOptions | None = None
@@ -88,25 +98,65 @@ class Limiter:
         )
 
     async def should_rate_limit(self, request: Request) -> Decision:
+        return await self.decide(self.prepare(request))
+
+    def prepare(self, request: Request) -> Prepared:
+        """Validates `request` and matches it against the current config: all the work of a
+        decision that does not depend on the counters, so a caller may reuse it (see
+        `server/prepared.py`) for as long as `prepared.config is limiter.config`."""
         validate(request, self.options.bounds)
         config = self.config  # one snapshot for the whole request, even across a reload
-        plans = self._plan(config, request)
-        counters = [plan.counter for plan in plans if plan.counter is not None]
+        plans = tuple(self._plan(config, request))
+        counters = tuple(plan.counter for plan in plans if plan.counter is not None)
+        return Prepared(config, plans, counters)
+
+    async def decide(self, prepared: Prepared) -> Decision:
+        """Charges what `prepared` asks for and answers it."""
+        counters = prepared.counters
+        if not counters:
+            return self._decision(prepared.plans, iter(()))
         try:
-            results = iter(await self.backend.hit(counters) if counters else [])
+            results = await self.backend.hit(counters)
         except BackendError as exc:
             metrics.BACKEND_ERRORS.labels(self.backend.name, exc.kind).inc()
-            return self._on_backend_failure(plans, exc)
+            return self._on_backend_failure(prepared.plans, exc)
+        self._decisions.inc(len(counters))
+        return self._decision(prepared.plans, iter(results))
+
+    async def decide_many(self, batch: Sequence[Prepared]) -> list[Decision | BackendError]:
+        """Decides each of `batch` as `decide` would, with one call to the backend for all.
+
+        A backend failure is each one's `RATELIMITD_BACKEND_FAILURE` answer, or, in `error`
+        mode, the error itself in its place."""
+        counters = [counter for prepared in batch for counter in prepared.counters]
+        try:
+            results = iter(await self.backend.hit(counters) if counters else ())
+        except BackendError as exc:
+            metrics.BACKEND_ERRORS.labels(self.backend.name, exc.kind).inc()
+            return [self._failure_or_error(prepared, exc) for prepared in batch]
         if counters:
             self._decisions.inc(len(counters))
+        return [self._decision(prepared.plans, results) for prepared in batch]
+
+    def _failure_or_error(self, prepared: Prepared, exc: BackendError) -> Decision | BackendError:
+        if not prepared.counters:
+            return self._decision(prepared.plans, iter(()))
+        try:
+            return self._on_backend_failure(prepared.plans, exc)
+        except BackendError as error:
+            return error
+
+    def _decision(self, plans: Sequence[_Planned], results: Iterator[CounterResult]) -> Decision:
+        """One status per plan, taking the next of `results` for each plan with a counter."""
         statuses = []
+        over = False
         for plan in plans:
             result = next(results) if plan.counter is not None else None
             status = self._status(plan, result)
             if result is not None:
                 self._observe(plan, status, result)
+            over = over or status.code is Code.OVER_LIMIT
             statuses.append(status)
-        over = any(status.code is Code.OVER_LIMIT for status in statuses)
         overall = Code.OVER_LIMIT if over and not self.options.shadow_mode else Code.OK
         return Decision(overall, tuple(statuses))
 
@@ -120,6 +170,7 @@ class Limiter:
         if over:
             log.debug(
                 "over limit",
+                domain=rule.domain,
                 rule=rule.path,
                 keys=[key for key, _ in plan.entries],
                 values=detail if rule.detailed_metric else [hashed(v) for _, v in plan.entries],
@@ -178,7 +229,7 @@ class Limiter:
             plans.append(_Planned(match.rule, limits, counter, descriptor.entries))
         return plans
 
-    def _on_backend_failure(self, plans: list[_Planned], exc: BackendError) -> Decision:
+    def _on_backend_failure(self, plans: Sequence[_Planned], exc: BackendError) -> Decision:
         """`RATELIMITD_BACKEND_FAILURE`: re-raise (error), or answer OK (allow) or deny."""
         mode = self.options.backend_failure
         now = time.monotonic()

@@ -1,14 +1,18 @@
 """Shares round trips between concurrent callers.
 
-At most `max_in_flight` batches are out at once. Work submitted while they are all busy waits
-and leaves together, as one batch, as soon as one comes back. Under load, a batch also waits
-`delay_s` (default 0.5 ms) for company before it leaves: each round trip costs the event loop
-a wake-up, a write and a read whatever its size, so fewer, fuller batches cost less CPU per
-decision (measured here: 0.7 round trips per decision and about 500 µs of CPU per call
-without the delay, 0.1 and 350 µs with 1 ms). The delay applies only under load: while a
-batch is out, or after a batch that had company. Calls one at a time (a lone caller, low
-concurrency) leave at the next event-loop step and pay nothing, since the event loop's timers
-are no finer than a millisecond.
+One batch is out at a time while round trips are quick: work submitted meanwhile waits and
+leaves together, as one batch, as soon as it comes back. When a batch has been out for
+`stall_s` (the store is slow, or a large batch takes its time), the next one leaves without
+waiting for it, up to `max_in_flight` at once, so a slow round trip never holds the calls
+behind it past their timeout; pipelining them costs more round trips only while it lasts.
+
+Under load, a batch also waits `delay_s` (default 0.5 ms) for company before it leaves: each
+round trip costs the event loop a wake-up, a write and a read whatever its size, so fewer,
+fuller batches cost less CPU per decision (measured here: 0.7 round trips per decision and
+about 500 µs of CPU per call without the delay, 0.1 and 350 µs with 1 ms). The delay applies
+only under load: while a batch is out, or after a batch that had company. Calls one at a time
+(a lone caller, low concurrency) leave at the next event-loop step and pay nothing, since the
+event loop's timers are no finer than a millisecond.
 """
 
 from __future__ import annotations
@@ -28,15 +32,19 @@ class Batcher(Generic[Item, Result]):
         max_in_flight: int = 16,
         max_batch: int = 1024,
         delay_s: float = 0.0005,
+        stall_s: float = 0.002,
     ) -> None:
         self._send = send
         self.max_in_flight = max_in_flight
         self.max_batch = max_batch
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._flush_scheduled = False
+        self._flush_handle: asyncio.Handle | None = None
+        self._waiting_out_stall = False  # the flush above waits for the batch out to stall
         self.delay_s = delay_s
+        self.stall_s = stall_s
         self._last_batch_size = 0
+        self._last_sent = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, item: Item) -> asyncio.Future[Result]:
@@ -49,15 +57,20 @@ class Batcher(Generic[Item, Result]):
         return future
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self._flush_scheduled and len(self._tasks) < self.max_in_flight:
-            self._flush_scheduled = True
-            if self.delay_s and (self._tasks or self._last_batch_size > 1):
-                loop.call_later(self.delay_s, self._flush)
-            else:
-                loop.call_soon(self._flush)
+        if self._flush_handle is not None or len(self._tasks) >= self.max_in_flight:
+            return
+        if self._tasks:
+            stalled_in = self._last_sent + self.stall_s - loop.time()
+            self._waiting_out_stall = stalled_in > self.delay_s
+            self._flush_handle = loop.call_later(max(stalled_in, self.delay_s), self._flush)
+        elif self.delay_s and self._last_batch_size > 1:
+            self._flush_handle = loop.call_later(self.delay_s, self._flush)
+        else:
+            self._flush_handle = loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
+        self._flush_handle = None
+        self._waiting_out_stall = False
         loop = self._loop
         assert loop is not None
         batch = self._pending[: self.max_batch]
@@ -65,6 +78,7 @@ class Batcher(Generic[Item, Result]):
         batch = [(item, future) for item, future in batch if not future.done()]
         self._last_batch_size = len(batch)
         if batch:
+            self._last_sent = loop.time()
             task = loop.create_task(self._run(batch))
             self._tasks.add(task)
             task.add_done_callback(self._done)
@@ -73,6 +87,10 @@ class Batcher(Generic[Item, Result]):
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        if self._waiting_out_stall and self._flush_handle is not None:
+            self._flush_handle.cancel()  # what waited for this batch may go now
+            self._flush_handle = None
+            self._waiting_out_stall = False
         if self._pending:
             assert self._loop is not None
             self._schedule(self._loop)

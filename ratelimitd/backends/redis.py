@@ -17,6 +17,7 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterDownError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ratelimitd import metrics
@@ -29,7 +30,7 @@ from ratelimitd.backends.redis_client import (
     make_client,
     tls_context,
 )
-from ratelimitd.backends.resp import RespConnection, endpoint_from_url
+from ratelimitd.backends.resp import RespConnection, endpoint_from_url, pack
 from ratelimitd.clock import Clock
 from ratelimitd.errors import BackendError
 from ratelimitd.model import LimitResult
@@ -119,6 +120,10 @@ class OverLimitCache:
             self._entries.popitem(last=False)
 
 
+STALL_S = 0.002
+MAX_PACKED = 20_000
+
+
 class RedisBackend:
     name = "redis"
 
@@ -150,6 +155,7 @@ class RedisBackend:
         self._commands = metrics.BACKEND_COMMANDS.labels(self.name)
         self.round_trips = 0
         self.commands = 0
+        self._packs: dict[int, tuple[CounterRequest, str, bytes]] = {}
 
     async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
         now = time.monotonic()
@@ -248,11 +254,29 @@ class RedisBackend:
             raise reply
         return str(reply.decode() if isinstance(reply, bytes) else reply)
 
+    def _command(self, request: CounterRequest, now: str) -> tuple[Any, ...]:
+        keys = [request.key(limit) for limit in request.limits]
+        return ("EVALSHA", self._sha, len(keys), *keys, *script_args(request, now))
+
+    def _packed(self, request: CounterRequest, now: str) -> bytes:
+        """The request's EVALSHA in RESP, remembered while the script's SHA stays the same.
+
+        Requests come again and again from the prepared-request memo, and packing is most of
+        a round trip's Python cost. Keyed by identity, holding the request so that its id
+        cannot be reused while the entry lives; a fake clock's `now` is never remembered.
+        """
+        if now:
+            return pack([self._command(request, now)])
+        entry = self._packs.get(id(request))
+        if entry is not None and entry[0] is request and entry[1] == self._sha:
+            return entry[2]
+        packed = pack([self._command(request, now)])
+        if len(self._packs) >= MAX_PACKED:
+            self._packs.clear()
+        self._packs[id(request)] = (request, self._sha, packed)
+        return packed
+
     async def _pipeline(self, requests: Sequence[CounterRequest], now: str) -> list[Any]:
-        commands = []
-        for request in requests:
-            keys = [request.key(limit) for limit in request.limits]
-            commands.append(("EVALSHA", self._sha, len(keys), *keys, *script_args(request, now)))
         self.round_trips += 1
         self.commands += len(requests)
         self._round_trips.inc()
@@ -261,11 +285,17 @@ class RedisBackend:
         started = time.perf_counter()
         try:
             if self.fast is not None:
-                return await self.fast.execute(commands)
+                packed = b"".join([self._packed(request, now) for request in requests])
+                return await self.fast.execute_packed(packed, len(requests))
             pipe = self.client.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
-            return list(await pipe.execute(raise_on_error=False))
+            for request in requests:
+                pipe.execute_command(*self._command(request, now))
+            try:
+                return list(await pipe.execute(raise_on_error=False))
+            except (AttributeError, TypeError) as exc:
+                # redis-py 8.1 lets a write to a connection its peer closed (a failover) fail
+                # this way instead of with ConnectionError: redis/redis-py#4287
+                raise RedisConnectionError(f"Redis connection closed under a write: {exc}") from exc
         finally:
             self._latency.observe(time.perf_counter() - started)
 
@@ -286,7 +316,11 @@ class RedisBackend:
             # takes a pooled connection per batch, so fewer go out at once there
             in_flight = self.options.max_in_flight or (16 if self.fast is not None else 4)
             batcher = self._batchers[node] = Batcher(
-                self._send, max_in_flight=in_flight, delay_s=self.options.batch_delay_s
+                self._send,
+                max_in_flight=in_flight,
+                delay_s=self.options.batch_delay_s,
+                # a batch out longer than this lets the next one go: well within the timeout
+                stall_s=min(STALL_S, self.options.timeout_s / 4),
             )
         return batcher
 

@@ -131,6 +131,10 @@ class RespConnection:
 
     async def execute(self, commands: Sequence[Command]) -> list[Any]:
         """Sends `commands` in one write; their replies, in order (errors as exceptions)."""
+        return await self.execute_packed(pack(commands), len(commands))
+
+    async def execute_packed(self, packed: bytes, count: int) -> list[Any]:
+        """`execute` for `count` commands already packed (`pack`) into one buffer."""
         loop = asyncio.get_running_loop()
         protocol = await self._connected()
         if self._is_stale(protocol, loop.time()):
@@ -139,9 +143,9 @@ class RespConnection:
             )
             protocol = await self._connected()
         future: asyncio.Future[list[Any]] = loop.create_future()
-        protocol.waiters.append((len(commands), [], future, loop.time()))
+        protocol.waiters.append((count, [], future, loop.time()))
         assert protocol.transport is not None
-        protocol.transport.write(pack(commands))
+        protocol.transport.write(packed)
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await future

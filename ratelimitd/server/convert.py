@@ -5,11 +5,21 @@ from __future__ import annotations
 import math
 
 from envoy.service.ratelimit.v3 import rls_pb2
+from google.protobuf.message import DecodeError
 
 from ratelimitd.errors import InvalidRequest
 from ratelimitd.model import Code, Decision, Descriptor, LimitOverride, Request, Unit
 
 _OVERRIDE_UNITS = {unit.value: unit for unit in Unit}
+
+
+def request_from_bytes(body: bytes) -> Request:
+    """An encoded `RateLimitRequest`; one that does not parse is an `InvalidRequest`."""
+    try:
+        message = rls_pb2.RateLimitRequest.FromString(body)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise InvalidRequest(f"malformed request: {str(exc) or type(exc).__name__}") from exc
+    return request_from_proto(message)
 
 
 def request_from_proto(message: rls_pb2.RateLimitRequest) -> Request:
@@ -55,4 +65,4 @@ def decision_to_proto(decision: Decision) -> rls_pb2.RateLimitResponse:
     return response
 
 
-__all__ = ["Code", "decision_to_proto", "request_from_proto"]
+__all__ = ["Code", "decision_to_proto", "request_from_bytes", "request_from_proto"]

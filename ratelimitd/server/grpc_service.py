@@ -1,37 +1,44 @@
-"""Envoy's `RateLimitService`: protobuf in, limiter, protobuf out, errors as status codes."""
+"""Envoy's `RateLimitService`: request bytes in, limiter, response bytes out, errors as status
+codes.
+
+This is the hot path of every request Envoy forwards, so it skips protobuf messages both
+ways: bodies are prepared once per distinct body (`PreparedRequests`) and answers encoded
+straight to bytes (`ResponseEncoder`).
+"""
 
 from __future__ import annotations
 
 import time
 
 import grpc
-from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
 from ratelimitd import metrics
+from ratelimitd.errors import BackendError, InvalidRequest
 from ratelimitd.limiter import Limiter
-from ratelimitd.logs import bind_request
-from ratelimitd.server.convert import decision_to_proto, request_from_proto
-from ratelimitd.server.handlers import refuse_malformed
-from ratelimitd.server.status import grpc_status
+from ratelimitd.server.encode import ResponseEncoder
+from ratelimitd.server.prepared import PreparedRequests
+from ratelimitd.server.status import status_of
 
 _LATENCY = metrics.REQUEST_LATENCY.labels("ShouldRateLimit")
 
 
-class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
+class RateLimitServicer:
     """grpc.aio cancels a handler when its caller's deadline passes; the cancellation reaches
     the handler's place in the backend's batch queue, which is then skipped, never sent."""
 
-    def __init__(self, limiter: Limiter) -> None:
+    def __init__(
+        self, limiter: Limiter, requests: PreparedRequests, encoder: ResponseEncoder
+    ) -> None:
         self.limiter = limiter
+        self.requests = requests
+        self.encoder = encoder
 
-    async def ShouldRateLimit(
-        self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext
-    ) -> rls_pb2.RateLimitResponse:
+    async def ShouldRateLimit(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         started = time.perf_counter()
-        await refuse_malformed(request, context)
-        bind_request(rpc="ShouldRateLimit", domain=request.domain)
-        async with grpc_status(context):
-            decision = await self.limiter.should_rate_limit(request_from_proto(request))
-        response = decision_to_proto(decision)
+        try:
+            decision = await self.limiter.decide(self.requests.prepare(body))
+        except (InvalidRequest, BackendError) as exc:
+            await context.abort(*status_of(exc))
+        response = self.encoder.response(decision)
         _LATENCY.observe(time.perf_counter() - started)
         return response

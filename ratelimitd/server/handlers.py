@@ -36,14 +36,17 @@ def _safe(message_type: type[Message]) -> Callable[[bytes], Message | Malformed]
 def service_handler(
     service_name: str,
     servicer: object,
-    methods: dict[str, tuple[type[Message], type[Message]]],
+    methods: dict[str, tuple[type[Message] | None, type[Message] | None]],
 ) -> grpc.GenericRpcHandler:
-    """A generic handler for unary methods: `{name: (request type, response type)}`."""
+    """A generic handler for unary methods: `{name: (request type, response type)}`.
+
+    A type of None passes bytes through: the method parses its request body itself, or
+    returns its response already encoded."""
     handlers: dict[str, Any] = {
         name: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, name),
-            request_deserializer=_safe(request_type),
-            response_serializer=response_type.SerializeToString,
+            request_deserializer=_safe(request_type) if request_type else None,
+            response_serializer=response_type.SerializeToString if response_type else None,
         )
         for name, (request_type, response_type) in methods.items()
     }

@@ -10,12 +10,17 @@ import grpc
 from ratelimitd.errors import BackendError, InvalidRequest
 
 
+def status_of(exc: InvalidRequest | BackendError) -> tuple[grpc.StatusCode, str]:
+    """INVALID_ARGUMENT for a bad request, UNAVAILABLE when the backend failed."""
+    if isinstance(exc, InvalidRequest):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    return grpc.StatusCode.UNAVAILABLE, f"rate-limit backend unavailable: {exc}"
+
+
 @contextlib.asynccontextmanager
 async def grpc_status(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-    """INVALID_ARGUMENT for a bad request, UNAVAILABLE when the backend failed."""
+    """Aborts the call with `status_of` the error raised inside."""
     try:
         yield
-    except InvalidRequest as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    except BackendError as exc:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"rate-limit backend unavailable: {exc}")
+    except (InvalidRequest, BackendError) as exc:
+        await context.abort(*status_of(exc))

@@ -72,3 +72,38 @@ async def test_a_failed_send_fails_its_batch_only() -> None:
     else:
         raise AssertionError("the failure was not passed on")
     assert await batcher.submit(2) == 2
+
+
+async def test_one_batch_is_out_at_a_time_until_it_stalls() -> None:
+    recorder = Recorder()
+    batcher: Batcher[int, int] = Batcher(recorder.send, delay_s=0, stall_s=0.05)
+    first = batcher.submit(1)
+    await asyncio.sleep(0)
+    second = batcher.submit(2)
+    await asyncio.sleep(0.01)  # well before the first batch counts as stalled
+    assert recorder.batches == [[1]]
+    third = batcher.submit(3)
+    await asyncio.sleep(0.2)  # the first batch is stalled: what waited goes out beside it
+    assert recorder.batches == [[1], [2, 3]]
+    recorder.release.set()
+    assert await asyncio.gather(first, second, third) == [10, 20, 30]
+
+
+async def test_work_waiting_for_a_stall_leaves_when_the_batch_returns() -> None:
+    sent: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def send(items: Sequence[int]) -> list[int]:
+        sent.append(list(items))
+        if len(sent) == 1:
+            await gate.wait()
+        return list(items)
+
+    batcher: Batcher[int, int] = Batcher(send, delay_s=0, stall_s=60)  # never stalls here
+    first = batcher.submit(1)
+    await asyncio.sleep(0)
+    second = batcher.submit(2)
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.wait_for(asyncio.gather(first, second), 5) == [1, 2]
+    assert sent == [[1], [2]]

@@ -1,0 +1,96 @@
+"""A decision straight to the bytes of Envoy's `RateLimitResponse`, without building messages.
+
+Building the protobuf message and serializing it is a good part of a decision's cost in
+Python, and most of a response repeats: each limit's `current_limit` is the same on every
+call, so its encoding is made once per limit. The bytes are exactly what
+`decision_to_proto(decision).SerializeToString()` gives (fields in number order, proto3
+defaults left out); tests/unit/test_encode.py checks that on random decisions.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ratelimitd.model import Decision, Limit, Status
+
+_SMALL = [bytes((n,)) for n in range(128)]
+_MAX_CACHED_LIMITS = 10_000
+
+
+def varint(number: int) -> bytes:
+    if number < 128:
+        return _SMALL[number]
+    out = bytearray()
+    while number >= 128:
+        out.append((number & 0x7F) | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
+
+
+def length_delimited(tag: bytes, payload: bytes) -> bytes:
+    """One length-delimited field (a message, bytes or a string) with its one-byte tag."""
+    return tag + varint(len(payload)) + payload
+
+
+# Tags (field number << 3 | wire type) of the fields written here.
+_OVERALL_CODE = b"\x08"  # RateLimitResponse.overall_code = 1, varint
+_STATUSES = b"\x12"  # RateLimitResponse.statuses = 2, message
+_CODE = b"\x08"  # DescriptorStatus.code = 1
+_CURRENT_LIMIT = b"\x12"  # DescriptorStatus.current_limit = 2
+_REMAINING = b"\x18"  # DescriptorStatus.limit_remaining = 3
+_UNTIL_RESET = b"\x22"  # DescriptorStatus.duration_until_reset = 4
+_REQUESTS_PER_UNIT = b"\x08"  # RateLimit.requests_per_unit = 1
+_UNIT = b"\x10"  # RateLimit.unit = 2
+_NAME = b"\x1a"  # RateLimit.name = 3
+_SECONDS = b"\x08"  # Duration.seconds = 1
+_NANOS = b"\x10"  # Duration.nanos = 2
+
+
+class ResponseEncoder:
+    """Encodes decisions; remembers each limit's `current_limit` field.
+
+    The memo is keyed by the limit's identity and holds the limit itself, so an id is never
+    reused while its entry lives; it is emptied when it reaches `_MAX_CACHED_LIMITS` (limits
+    come from the config, or from callers' overrides, which are unbounded).
+    """
+
+    def __init__(self) -> None:
+        self._limits: dict[int, tuple[Limit, bytes]] = {}
+
+    def response(self, decision: Decision) -> bytes:
+        parts = [_OVERALL_CODE, _SMALL[decision.overall.value]]
+        for status in decision.statuses:
+            parts.append(length_delimited(_STATUSES, self._status(status)))
+        return b"".join(parts)
+
+    def _status(self, status: Status) -> bytes:
+        out = _CODE + _SMALL[status.code.value]
+        if status.limit is not None:
+            out += self._current_limit(status.limit)
+        if status.remaining:
+            out += _REMAINING + varint(status.remaining)
+        if status.reset_after > 0:
+            seconds = math.floor(status.reset_after)
+            nanos = int((status.reset_after - seconds) * 1e9)
+            duration = (_SECONDS + varint(seconds) if seconds else b"") + (
+                _NANOS + varint(nanos) if nanos else b""
+            )
+            out += length_delimited(_UNTIL_RESET, duration)
+        return out
+
+    def _current_limit(self, limit: Limit) -> bytes:
+        cached = self._limits.get(id(limit))
+        if cached is not None and cached[0] is limit:
+            return cached[1]
+        payload = b""
+        if limit.requests_per_unit:
+            payload += _REQUESTS_PER_UNIT + varint(limit.requests_per_unit)
+        payload += _UNIT + _SMALL[limit.unit.value]
+        if limit.name:
+            payload += length_delimited(_NAME, limit.name.encode())
+        encoded = length_delimited(_CURRENT_LIMIT, payload)
+        if len(self._limits) >= _MAX_CACHED_LIMITS:
+            self._limits.clear()
+        self._limits[id(limit)] = (limit, encoded)
+        return encoded

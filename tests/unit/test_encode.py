@@ -1,0 +1,58 @@
+"""The hand-written response encoder gives exactly the bytes protobuf gives."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ratelimitd.model import Algorithm, Code, Decision, Limit, Status, Unit
+from ratelimitd.server.convert import decision_to_proto
+from ratelimitd.server.encode import ResponseEncoder, varint
+
+limits = st.builds(
+    Limit,
+    requests_per_unit=st.integers(0, 2**32 - 1),
+    unit=st.sampled_from(list(Unit)),
+    unit_multiplier=st.integers(1, 100),
+    algorithm=st.sampled_from(list(Algorithm)),
+    name=st.text(max_size=40),
+)
+statuses = st.builds(
+    Status,
+    code=st.sampled_from(list(Code)),
+    limit=st.none() | limits,
+    remaining=st.integers(0, 2**32 - 1),
+    reset_after=st.one_of(
+        st.just(0.0),
+        st.floats(min_value=-5, max_value=400 * 86400, allow_nan=False),
+        st.integers(0, 10**6).map(float),
+    ),
+)
+decisions = st.builds(
+    Decision,
+    overall=st.sampled_from(list(Code)),
+    statuses=st.lists(statuses, max_size=8).map(tuple),
+)
+
+
+@given(decisions)
+def test_bytes_equal_protobufs_own(decision: Decision) -> None:
+    encoder = ResponseEncoder()
+    expected = decision_to_proto(decision).SerializeToString()
+    assert encoder.response(decision) == expected
+    assert encoder.response(decision) == expected  # again, from the memo of limits
+
+
+def test_a_limit_memo_never_answers_for_another_limit() -> None:
+    encoder = ResponseEncoder()
+    for requests in range(1, 200):  # short-lived limits: ids get reused by later ones
+        decision = Decision(Code.OK, (Status(Code.OK, Limit(requests, Unit.MINUTE), 1, 1.0),))
+        assert encoder.response(decision) == decision_to_proto(decision).SerializeToString()
+
+
+def test_varint() -> None:
+    assert varint(0) == b"\x00"
+    assert varint(127) == b"\x7f"
+    assert varint(128) == b"\x80\x01"
+    assert varint(300) == b"\xac\x02"
+    assert varint(2**32 - 1) == b"\xff\xff\xff\xff\x0f"
