@@ -2,14 +2,16 @@
 
 Most tests run against `Echo`, a real gRPC server on loopback that answers each request from
 its own descriptors and counts the calls it gets by method; the last ones against a real
-`ratelimitd serve`.
+`ratelimitd serve`, whose /metrics count its calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -27,6 +29,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from tests.client.conftest import http
+from tests.servers.service import ServiceProcess
 
 MakeAsync = Callable[..., AsyncRateLimitClient]
 RESPONSE = rls_pb2.RateLimitResponse
@@ -315,3 +318,48 @@ async def test_the_middleware_coalesces_concurrent_requests(
     assert [r.status_code for r in responses] == [200] * 100
     assert [r.headers["RateLimit-Remaining"] for r in responses] == [str(n) for n in range(100)]
     assert sum(server.calls.values()) <= 10
+
+
+# Against a real `ratelimitd serve` ---------------------------------------------------------
+
+
+def served_calls(service: ServiceProcess) -> collections.Counter[str]:
+    """How many calls ratelimitd answered, by method (from its /metrics)."""
+    url = f"http://127.0.0.1:{service.http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as page:
+        text = page.read().decode()
+    pattern = r'^ratelimitd_request_duration_seconds_count\{method="(\w+)"\} (\S+)$'
+    return collections.Counter(
+        {method: int(float(count)) for method, count in re.findall(pattern, text, re.MULTILINE)}
+    )
+
+
+async def test_ratelimitd_admits_exactly_the_limit_of_200_coalesced_checks(
+    service: ServiceProcess, async_client: MakeAsync
+) -> None:
+    client = async_client(service.target)
+    before = await asyncio.to_thread(served_calls, service)
+    decisions = await asyncio.gather(
+        *(client.check("web", [{"plan": "large"}]) for _ in range(200))
+    )
+    calls = await asyncio.to_thread(served_calls, service) - before
+    allowed = [d for d in decisions if d.allowed]
+    assert sorted(d.remaining for d in allowed) == list(range(50))  # limit: 50 a minute
+    assert all(d.retry_after >= 1 and d.remaining == 0 for d in decisions if not d.allowed)
+    assert all(d.failure is None and d.limit == 50 for d in decisions)
+    assert calls["ShouldRateLimitBatch"] >= 1
+    assert calls.total() <= 10
+
+
+async def test_ratelimitd_refuses_one_coalesced_check_and_decides_the_others(
+    service: ServiceProcess, async_client: MakeAsync
+) -> None:
+    client = async_client(service.target, failure_mode="deny")
+    users = [[{"user": f"coalesced-{n}"}] for n in range(20)]
+    users[7] = [{"remote_address": "x" * 5000}]
+    outcomes = await asyncio.gather(
+        *(client.check("web", descriptors) for descriptors in users), return_exceptions=True
+    )
+    refused = outcomes.pop(7)
+    assert isinstance(refused, InvalidRequest) and "INVALID_ARGUMENT" in str(refused)
+    assert all(isinstance(d, Decision) and d.allowed and d.remaining == 1 for d in outcomes)
