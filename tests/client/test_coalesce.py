@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import re
 import time
 import urllib.request
@@ -201,13 +202,16 @@ async def test_an_unavailable_item_gets_the_failure_mode(
 
 @pytest.mark.parametrize("mode", ["allow", "deny"])
 async def test_a_server_that_is_down_gets_the_failure_mode_for_every_check(
-    async_client: MakeAsync, closed_port: int, mode: FailureMode
+    async_client: MakeAsync, closed_port: int, mode: FailureMode, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = async_client(f"127.0.0.1:{closed_port}", failure_mode=mode)
+    caplog.set_level(logging.WARNING, logger="ratelimitd_client")
     for _ in range(2):
         decisions = await asyncio.gather(*(check(client, n=str(n)) for n in range(50)))
         assert all(d.failure is not None and d.failure.mode == mode for d in decisions)
         assert all(d.allowed == (mode == "allow") for d in decisions)
+    [warning] = [r for r in caplog.records if r.name == "ratelimitd_client"]  # the first one
+    assert f"failure_mode={mode}" in warning.getMessage()
 
 
 async def test_a_check_whose_timeout_passes_in_the_queue_is_not_sent(
