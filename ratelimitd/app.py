@@ -39,6 +39,7 @@ log = get_logger("ratelimitd")
 
 ENVOY_SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
 HEALTH_SERVICES = ("", ENVOY_SERVICE, BATCH_SERVICE, ADMIN_SERVICE)
+METRICS_FLUSH_S = 1.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -182,7 +183,10 @@ class App:
         self.ready = True
         await self._check_backend()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._watch_backend())]
+        self._tasks = [
+            loop.create_task(self._watch_backend()),
+            loop.create_task(self._flush_metrics()),
+        ]
         if settings.config_poll_s > 0:
             self._tasks.append(loop.create_task(self.reloader.watch()))
         if not settings.read_admin_token():
@@ -219,6 +223,13 @@ class App:
             except Exception:  # the watcher must outlive any one bad check
                 log.exception("health check failed")
 
+    @staticmethod
+    async def _flush_metrics() -> None:
+        """Hands the hot path's tallies to prometheus-client every second (see metrics.Tally)."""
+        while True:
+            await asyncio.sleep(METRICS_FLUSH_S)
+            metrics.flush_tallies()
+
     async def stop(self, grace: float | None = None) -> None:
         """Turns unhealthy, refuses new calls, lets calls in flight finish within `grace`."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
@@ -231,6 +242,7 @@ class App:
             await self.grpc_server.stop(grace)
         await self.http_server.stop()
         await self.backend.close()
+        metrics.flush_tallies()
         log.info("ratelimitd stopped")
 
 

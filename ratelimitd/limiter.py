@@ -92,7 +92,7 @@ class Limiter:
         self.backend = backend
         self.options = options or LimiterOptions()
         self._last_failure_log = -FAILURE_LOG_INTERVAL_S
-        self._decisions = metrics.DECISIONS.labels(backend.name)  # looked up once, not per call
+        self._decisions = metrics.Tally(metrics.DECISIONS.labels(backend.name))
         self.rule_metrics = metrics.RuleMetrics(
             self.options.near_limit_ratio, self.options.detailed_metric_max_values
         )
@@ -280,6 +280,8 @@ class Limiter:
 
 def _most_restrictive(result: CounterResult) -> int:
     """The denying limit that frees up last, or else the one with the least left."""
+    if len(result.results) == 1:
+        return 0
     indexed = list(enumerate(result.results))
     if not result.allowed:
         denying = [(r.reset_after, i) for i, r in indexed if not r.allowed]

@@ -9,6 +9,7 @@ workers' values at `/metrics`.
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -111,6 +112,39 @@ DETAILED_OTHER = "_other_"
 MAX_DETAIL_LENGTH = 64
 
 
+class Tally:
+    """Increments of one counter series, added up in a plain int until `flush_tallies()`.
+
+    prometheus-client takes a lock (or, with `--workers`, writes a shared file) on every
+    increment; the hot path counts several things per decision, so it counts here and the
+    sums reach prometheus-client at every scrape of this process (`exposition`) and every
+    second (`App` flushes them, for the scrapes that other worker processes serve).
+    """
+
+    __slots__ = ("__weakref__", "child", "pending")
+
+    def __init__(self, child: Counter) -> None:
+        self.child = child
+        self.pending = 0
+        _TALLIES.add(self)
+
+    def inc(self, amount: int = 1) -> None:
+        self.pending += amount
+
+    def flush(self) -> None:
+        if self.pending:
+            pending, self.pending = self.pending, 0
+            self.child.inc(pending)
+
+
+_TALLIES: weakref.WeakSet[Tally] = weakref.WeakSet()
+
+
+def flush_tallies() -> None:
+    for tally in list(_TALLIES):
+        tally.flush()
+
+
 def set_config_hash(content_hash: str) -> None:
     CONFIG_INFO.clear()
     CONFIG_INFO.labels(content_hash).set(1)
@@ -118,11 +152,11 @@ def set_config_hash(content_hash: str) -> None:
 
 @dataclass(slots=True)
 class _Children:
-    total: Counter
-    over: Counter
-    near: Counter
-    within: Counter
-    shadow: Counter
+    total: Tally
+    over: Tally
+    near: Tally
+    within: Tally
+    shadow: Tally
 
 
 class RuleMetrics:
@@ -170,17 +204,18 @@ class RuleMetrics:
         if children is None:
             labels = (rule.domain, path)
             children = self._children[key] = _Children(
-                TOTAL_HITS.labels(*labels),
-                OVER_LIMIT.labels(*labels),
-                NEAR_LIMIT.labels(*labels),
-                WITHIN_LIMIT.labels(*labels),
-                SHADOW_MODE.labels(*labels),
+                Tally(TOTAL_HITS.labels(*labels)),
+                Tally(OVER_LIMIT.labels(*labels)),
+                Tally(NEAR_LIMIT.labels(*labels)),
+                Tally(WITHIN_LIMIT.labels(*labels)),
+                Tally(SHADOW_MODE.labels(*labels)),
             )
         return children
 
 
 def exposition() -> bytes:
     """The text format; summed over worker processes in multiprocess mode."""
+    flush_tallies()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

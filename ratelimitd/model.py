@@ -141,7 +141,7 @@ class Request:
     hits_addend: int = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # read-only; not frozen: see `Decision`
 class LimitResult:
     """The state of one limit after a hit (or a refused hit)."""
 
@@ -150,7 +150,7 @@ class LimitResult:
     reset_after: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # read-only; not frozen: see `Decision`
 class Status:
     """The answer for one request descriptor."""
 
@@ -160,7 +160,14 @@ class Status:
     reset_after: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
+    """The answer to one request.
+
+    It and the other values made afresh for every decision (`Status`, `LimitResult`,
+    `CounterResult`) are read-only by convention rather than frozen: a frozen dataclass costs
+    three times as much to build, and several are built per call on the hot path.
+    """
+
     overall: Code
     statuses: tuple[Status, ...] = field(default_factory=tuple)

@@ -24,7 +24,7 @@ class CounterRequest:
         return f"{self.base}:{limit.counter_id}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # read-only; not frozen: see `model.Decision`
 class CounterResult:
     allowed: bool
     results: tuple[LimitResult, ...]

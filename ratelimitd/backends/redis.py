@@ -158,6 +158,9 @@ class RedisBackend:
         self._packs: dict[int, tuple[CounterRequest, str, bytes]] = {}
 
     async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
+        if self.cache is None and not self.cluster:  # the common case: one node, no cache
+            (answers,) = await self._wait([self._batcher("").submit(tuple(requests))])
+            return answers
         now = time.monotonic()
         results: list[CounterResult | None] = [
             self.cache.get(request, now) if self.cache is not None else None for request in requests

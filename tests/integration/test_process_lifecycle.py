@@ -213,7 +213,12 @@ async def test_two_workers_share_the_port_and_their_metrics_sum(
                 and sample.labels.get("domain") == "life"
             )
 
-        # every scrape, whichever worker answers it, sums both
+        # each worker hands its counts to the shared files within a second (metrics.Tally)
+        deadline = time.monotonic() + 10
+        while await asyncio.to_thread(total_hits) != 40.0:
+            assert time.monotonic() < deadline, "the workers' counts never added up to 40"
+            await asyncio.sleep(0.2)
+        # from then on every scrape, whichever worker answers it, sums both
         assert [await asyncio.to_thread(total_hits) for _ in range(6)] == [40.0] * 6
     assert service.process is None
 
