@@ -11,17 +11,37 @@ from __future__ import annotations
 
 import math
 
-from ratelimitd.model import Decision, Limit, Status
+from ratelimitd.model import Code, Decision, Limit, Status
 
 _SMALL = [bytes((n,)) for n in range(128)]
 _MAX_CACHED_LIMITS = 10_000
 
 
 def varint(number: int) -> bytes:
-    if number < 128:
+    """A non-negative integer as a protobuf varint, unrolled up to 32 bits: remaining counts
+    and nanoseconds run to ten digits, and a loop over bytes costs more than the rest of a
+    status."""
+    if number < 0x80:
         return _SMALL[number]
+    low = number & 0x7F | 0x80
+    if number < 0x4000:
+        return bytes((low, number >> 7))
+    if number < 0x200000:
+        return bytes((low, number >> 7 & 0x7F | 0x80, number >> 14))
+    if number < 0x10000000:
+        return bytes((low, number >> 7 & 0x7F | 0x80, number >> 14 & 0x7F | 0x80, number >> 21))
+    if number < 0x800000000:
+        return bytes(
+            (
+                low,
+                number >> 7 & 0x7F | 0x80,
+                number >> 14 & 0x7F | 0x80,
+                number >> 21 & 0x7F | 0x80,
+                number >> 28,
+            )
+        )
     out = bytearray()
-    while number >= 128:
+    while number >= 0x80:
         out.append((number & 0x7F) | 0x80)
         number >>= 7
     out.append(number)
@@ -45,6 +65,8 @@ _UNIT = b"\x10"  # RateLimit.unit = 2
 _NAME = b"\x1a"  # RateLimit.name = 3
 _SECONDS = b"\x08"  # Duration.seconds = 1
 _NANOS = b"\x10"  # Duration.nanos = 2
+_OVERALL_CODE_FIELD = {code: _OVERALL_CODE + _SMALL[code.value] for code in Code}
+_CODE_FIELD = {code: _CODE + _SMALL[code.value] for code in Code}
 
 
 class ResponseEncoder:
@@ -59,13 +81,13 @@ class ResponseEncoder:
         self._limits: dict[int, tuple[Limit, bytes]] = {}
 
     def response(self, decision: Decision) -> bytes:
-        parts = [_OVERALL_CODE, _SMALL[decision.overall.value]]
+        parts = [_OVERALL_CODE_FIELD[decision.overall]]
         for status in decision.statuses:
             parts.append(length_delimited(_STATUSES, self._status(status)))
         return b"".join(parts)
 
     def _status(self, status: Status) -> bytes:
-        out = _CODE + _SMALL[status.code.value]
+        out = _CODE_FIELD[status.code]
         if status.limit is not None:
             out += self._current_limit(status.limit)
         if status.remaining:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from google.protobuf.internal.encoder import _VarintBytes
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -50,9 +51,25 @@ def test_a_limit_memo_never_answers_for_another_limit() -> None:
         assert encoder.response(decision) == decision_to_proto(decision).SerializeToString()
 
 
+@given(st.integers(0, 2**64 - 1))
+def test_varint_matches_protobufs_own(number: int) -> None:
+    assert varint(number) == _VarintBytes(number)
+
+
 def test_varint() -> None:
     assert varint(0) == b"\x00"
     assert varint(127) == b"\x7f"
     assert varint(128) == b"\x80\x01"
     assert varint(300) == b"\xac\x02"
     assert varint(2**32 - 1) == b"\xff\xff\xff\xff\x0f"
+    for edge in (
+        0x3FFF,
+        0x4000,
+        0x1FFFFF,
+        0x200000,
+        0xFFFFFFF,
+        0x10000000,
+        2**35 - 1,
+        2**35,
+    ):  # where the unrolled sizes change
+        assert varint(edge) == _VarintBytes(edge)
