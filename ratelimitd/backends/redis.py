@@ -47,19 +47,29 @@ def load_hit_script() -> str:
 HIT_SCRIPT = load_hit_script()
 
 
-def script_args(request: CounterRequest, now: str) -> list[Any]:
-    args: list[Any] = [request.cost, now]
-    for limit in request.limits:
-        args += [limit.algorithm.value, limit.requests_per_unit, limit.period, limit.capacity]
+def script_args(requests: Sequence[CounterRequest], now: str) -> list[Any]:
+    """The hit script's ARGV for the descriptors of one call (see lua/hit.lua)."""
+    args: list[Any] = [now, len(requests)]
+    for request in requests:
+        args += [request.cost, len(request.limits)]
+        for limit in request.limits:
+            args += [limit.algorithm.value, limit.requests_per_unit, limit.period, limit.capacity]
     return args
 
 
-def parse_reply(reply: Sequence[int]) -> CounterResult:
-    results = tuple(
-        LimitResult(bool(reply[i]), int(reply[i + 1]), int(reply[i + 2]) / 1000)
-        for i in range(1, len(reply), 3)
-    )
-    return CounterResult(bool(reply[0]), results)
+def parse_reply(reply: Sequence[int], requests: Sequence[CounterRequest]) -> list[CounterResult]:
+    """The hit script's reply, one result per request."""
+    results = []
+    at = 0
+    for request in requests:
+        end = at + 1 + 3 * len(request.limits)
+        limits = tuple(
+            LimitResult(bool(reply[i]), int(reply[i + 1]), int(reply[i + 2]) / 1000)
+            for i in range(at + 1, end, 3)
+        )
+        results.append(CounterResult(bool(reply[at]), limits))
+        at = end
+    return results
 
 
 def _kind_of(error: Exception) -> str:
@@ -155,7 +165,7 @@ class RedisBackend:
         self._commands = metrics.BACKEND_COMMANDS.labels(self.name)
         self.round_trips = 0
         self.commands = 0
-        self._packs: dict[int, tuple[CounterRequest, str, bytes]] = {}
+        self._packs: dict[int, tuple[tuple[CounterRequest, ...], str, bytes]] = {}
 
     async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
         if self.cache is None and not self.cluster:  # the common case: one node, no cache
@@ -216,24 +226,31 @@ class RedisBackend:
     async def _send(
         self, groups: Sequence[tuple[CounterRequest, ...]]
     ) -> list[list[CounterResult]]:
-        """One pipeline for every call's requests in the batch; the results, call by call."""
-        flat = await self._send_flat([request for group in groups for request in group])
-        out, start = [], 0
-        for group in groups:
-            out.append(flat[start : start + len(group)])
-            start += len(group)
-        return out
+        """One pipeline for the batch; the results, call by call.
 
-    async def _send_flat(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
+        A call's descriptors go in one script call, except on a Cluster, where the keys of
+        one script call must share a slot: there each descriptor gets its own."""
+        if not self.cluster:
+            return await self._run_scripts(groups)
+        results = iter(
+            answer
+            for answers in await self._run_scripts([(r,) for group in groups for r in group])
+            for answer in answers
+        )
+        return [[next(results) for _ in group] for group in groups]
+
+    async def _run_scripts(
+        self, scripts: Sequence[tuple[CounterRequest, ...]]
+    ) -> list[list[CounterResult]]:
         now = repr(self._clock.now()) if self._clock is not None else ""
         try:
             if not self._sha:
                 self._sha = await self._script_load()
-            replies = await self._pipeline(requests, now)
+            replies = await self._pipeline(scripts, now)
             missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
             if missing:  # after a failover or SCRIPT FLUSH: load again and resend those
                 self._sha = await self._script_load()
-                again = await self._pipeline([requests[i] for i in missing], now)
+                again = await self._pipeline([scripts[i] for i in missing], now)
                 for i, reply in zip(missing, again, strict=True):
                     replies[i] = reply
         except RedisTimeoutError as exc:
@@ -243,10 +260,10 @@ class RedisBackend:
                 f"Redis failed: {type(exc).__name__}: {exc}", kind="connection"
             ) from exc
         results = []
-        for reply in replies:
+        for script, reply in zip(scripts, replies, strict=True):
             if isinstance(reply, Exception):
                 raise BackendError(f"Redis failed: {reply}", kind=_kind_of(reply)) from reply
-            results.append(parse_reply(reply))
+            results.append(parse_reply(reply, script))
         return results
 
     async def _script_load(self) -> str:
@@ -257,42 +274,43 @@ class RedisBackend:
             raise reply
         return str(reply.decode() if isinstance(reply, bytes) else reply)
 
-    def _command(self, request: CounterRequest, now: str) -> tuple[Any, ...]:
-        keys = [request.key(limit) for limit in request.limits]
-        return ("EVALSHA", self._sha, len(keys), *keys, *script_args(request, now))
+    def _command(self, script: tuple[CounterRequest, ...], now: str) -> tuple[Any, ...]:
+        keys = [request.key(limit) for request in script for limit in request.limits]
+        return ("EVALSHA", self._sha, len(keys), *keys, *script_args(script, now))
 
-    def _packed(self, request: CounterRequest, now: str) -> bytes:
-        """The request's EVALSHA in RESP, remembered while the script's SHA stays the same.
+    def _packed(self, script: tuple[CounterRequest, ...], now: str) -> bytes:
+        """The script call in RESP, remembered while the script's SHA stays the same.
 
-        Requests come again and again from the prepared-request memo, and packing is most of
-        a round trip's Python cost. Keyed by identity, holding the request so that its id
-        cannot be reused while the entry lives; a fake clock's `now` is never remembered.
+        A call's counters come again and again, as one tuple, from the prepared-request memo,
+        and packing is most of a round trip's Python cost. Keyed by identity, holding the
+        tuple so that its id cannot be reused while the entry lives; a fake clock's `now` is
+        never remembered.
         """
         if now:
-            return pack([self._command(request, now)])
-        entry = self._packs.get(id(request))
-        if entry is not None and entry[0] is request and entry[1] == self._sha:
+            return pack([self._command(script, now)])
+        entry = self._packs.get(id(script))
+        if entry is not None and entry[0] is script and entry[1] == self._sha:
             return entry[2]
-        packed = pack([self._command(request, now)])
+        packed = pack([self._command(script, now)])
         if len(self._packs) >= MAX_PACKED:
             self._packs.clear()
-        self._packs[id(request)] = (request, self._sha, packed)
+        self._packs[id(script)] = (script, self._sha, packed)
         return packed
 
-    async def _pipeline(self, requests: Sequence[CounterRequest], now: str) -> list[Any]:
+    async def _pipeline(self, scripts: Sequence[tuple[CounterRequest, ...]], now: str) -> list[Any]:
         self.round_trips += 1
-        self.commands += len(requests)
+        self.commands += len(scripts)
         self._round_trips.inc()
-        self._commands.inc(len(requests))
-        self._batch_sizes.observe(len(requests))
+        self._commands.inc(len(scripts))
+        self._batch_sizes.observe(sum(map(len, scripts)))
         started = time.perf_counter()
         try:
             if self.fast is not None:
-                packed = b"".join([self._packed(request, now) for request in requests])
-                return await self.fast.execute_packed(packed, len(requests))
+                packed = b"".join([self._packed(script, now) for script in scripts])
+                return await self.fast.execute_packed(packed, len(scripts))
             pipe = self.client.pipeline(transaction=False)
-            for request in requests:
-                pipe.execute_command(*self._command(request, now))
+            for script in scripts:
+                pipe.execute_command(*self._command(script, now))
             try:
                 return list(await pipe.execute(raise_on_error=False))
             except (AttributeError, TypeError) as exc:

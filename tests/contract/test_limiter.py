@@ -187,6 +187,15 @@ async def test_colliding_concatenations_stay_apart(limiter: Limiter) -> None:
     assert await codes(limiter, request("app", [("a", "b_c")]), 1) == [Code.OK]
 
 
+async def test_a_descriptor_sent_twice_in_one_request_counts_twice(limiter: Limiter) -> None:
+    twice = request("app", [("ip", "dup")], [("ip", "dup")], hits=2)
+    decision = await limiter.should_rate_limit(twice)
+    assert [s.code for s in decision.statuses] == [Code.OK, Code.OVER_LIMIT]
+    assert [s.remaining for s in decision.statuses] == [1, 1]
+    one = await limiter.should_rate_limit(request("app", [("ip", "dup")], hits=1))
+    assert one.overall is Code.OK and one.statuses[0].remaining == 0
+
+
 async def test_concurrent_calls_admit_exactly_the_limit(limiter: Limiter) -> None:
     req = request("app", [("ip", "c")])
     results = await asyncio.gather(*(limiter.should_rate_limit(req) for _ in range(200)))

@@ -65,7 +65,8 @@ async def test_concurrent_calls_share_round_trips(
     assert all(reply.overall_code == OK for reply in replies)
     decisions = 2 * calls
     trips = backend.round_trips - before_trips
-    assert backend.commands - before_commands == decisions  # one script call per descriptor
+    # one script call per call, or per descriptor on a Cluster (a script's keys share a slot)
+    assert backend.commands - before_commands == (calls if kind == "redis" else decisions)
     # The load comes from this same process, so it trickles in; figures seen here: about 0.23 on
     # one server, 0.6 on a 3-node Cluster (a pipeline goes to one node, so the load splits three ways).
     assert trips / decisions < (0.5 if kind == "redis" else 0.8), (

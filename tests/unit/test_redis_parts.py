@@ -61,10 +61,13 @@ def test_script_args_and_reply() -> None:
         Limit(10, Unit.SECOND, algorithm=Algorithm.TOKEN_BUCKET, burst=20),
         Limit(1000, Unit.DAY),
     )
-    request = CounterRequest("p:{d|k=v}", limits, 2)
-    assert script_args(request, "") == [
-        2,
+    both = CounterRequest("p:{d|k=v}", limits, 2)
+    one = CounterRequest("p:{d|k=w}", limits[1:], 1)
+    assert script_args([both, one], "") == [
         "",
+        2,
+        2,
+        2,
         "token_bucket",
         10,
         1,
@@ -73,11 +76,18 @@ def test_script_args_and_reply() -> None:
         1000,
         86400,
         1000,
+        1,
+        1,
+        "fixed_window",
+        1000,
+        86400,
+        1000,
     ]
-    result = parse_reply([0, 1, 18, 200, 0, 0, 3_600_000])
-    assert result == CounterResult(
-        False, (LimitResult(True, 18, 0.2), LimitResult(False, 0, 3600.0))
-    )
+    results = parse_reply([0, 1, 18, 200, 0, 0, 3_600_000, 1, 1, 999, 5000], [both, one])
+    assert results == [
+        CounterResult(False, (LimitResult(True, 18, 0.2), LimitResult(False, 0, 3600.0))),
+        CounterResult(True, (LimitResult(True, 999, 5.0),)),
+    ]
 
 
 def denial(reset_after: float) -> CounterResult:

@@ -1,14 +1,15 @@
--- One descriptor's hit against all of its limits, all or nothing.
--- KEYS: one counter per limit, all sharing one hash tag.
--- ARGV: cost, now ('' = Redis's own clock), then per limit: algorithm, limit, period, burst.
--- Returns {allowed, then per limit: allowed, remaining, milliseconds until reset}.
-local cost = tonumber(ARGV[1])
+-- The descriptors of one call, each against all of its limits, all or nothing per descriptor.
+-- KEYS: one counter per limit, descriptor after descriptor (on a Cluster, a call carries one
+--   descriptor, whose keys share one hash tag).
+-- ARGV: now ('' = Redis's own clock), the number of descriptors, then per descriptor: cost,
+--   number of limits, then per limit: algorithm, limit, period, burst.
+-- Returns, per descriptor: allowed, then per limit: allowed, remaining, milliseconds until reset.
 local now
-if ARGV[2] == '' then
+if ARGV[1] == '' then
   local time = redis.call('TIME')
   now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 else
-  now = tonumber(ARGV[2])
+  now = tonumber(ARGV[1])
 end
 
 local steps = {
@@ -17,20 +18,30 @@ local steps = {
   token_bucket = token_bucket,
 }
 
-local reply = {1}
-local commits = {}
-for index, key in ipairs(KEYS) do
-  local base = 2 + (index - 1) * 4
-  local step = steps[ARGV[base + 1]]
-  local allowed, remaining, reset_after, commit = step(
-    key, now, tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4]), cost)
-  if not allowed then reply[1] = 0 end
-  commits[index] = commit
-  reply[#reply + 1] = allowed and 1 or 0
-  reply[#reply + 1] = remaining
-  reply[#reply + 1] = math.ceil(reset_after * 1000)
-end
-if reply[1] == 1 and cost > 0 then
-  for _, commit in ipairs(commits) do commit() end
+local reply = {}
+local key = 0
+local arg = 3
+for _ = 1, tonumber(ARGV[2]) do
+  local cost = tonumber(ARGV[arg])
+  local limits = tonumber(ARGV[arg + 1])
+  arg = arg + 2
+  local head = #reply + 1
+  reply[head] = 1
+  local commits = {}
+  for index = 1, limits do
+    key = key + 1
+    local allowed, remaining, reset_after, commit = steps[ARGV[arg]](
+      KEYS[key], now, tonumber(ARGV[arg + 1]), tonumber(ARGV[arg + 2]), tonumber(ARGV[arg + 3]), cost)
+    arg = arg + 4
+    if not allowed then reply[head] = 0 end
+    commits[index] = commit
+    reply[#reply + 1] = allowed and 1 or 0
+    reply[#reply + 1] = remaining
+    reply[#reply + 1] = math.ceil(reset_after * 1000)
+  end
+  -- committed before the next descriptor runs: a descriptor sent twice counts twice
+  if reply[head] == 1 and cost > 0 then
+    for _, commit in ipairs(commits) do commit() end
+  end
 end
 return reply
