@@ -7,6 +7,7 @@ batch, and builds one status per descriptor.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from ratelimitd.model import (
 UNLIMITED_REMAINING = 2**32 - 1
 FAILURE_LOG_INTERVAL_S = 1.0
 log = get_logger(__name__)
+_stdlib_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +169,7 @@ class Limiter:
         detail = "_".join(value for _, value in plan.entries) if rule.detailed_metric else ""
         over = not result.allowed
         self.rule_metrics.record(rule, detail, counter.cost, limit.capacity, status.remaining, over)
-        if over:
+        if over and _stdlib_log.isEnabledFor(logging.DEBUG):  # spares hashing values otherwise
             log.debug(
                 "over limit",
                 domain=rule.domain,

@@ -78,41 +78,51 @@ class ResponseEncoder:
     """
 
     def __init__(self) -> None:
-        self._limits: dict[int, tuple[Limit, bytes]] = {}
+        self._limits: dict[int, tuple[Limit, bytes, bytes]] = {}
 
     def response(self, decision: Decision) -> bytes:
         parts = [_OVERALL_CODE_FIELD[decision.overall]]
         for status in decision.statuses:
-            parts.append(length_delimited(_STATUSES, self._status(status)))
+            encoded = self._status(status)
+            parts.append(_STATUSES + varint(len(encoded)) + encoded)
         return b"".join(parts)
 
     def _status(self, status: Status) -> bytes:
-        out = _CODE_FIELD[status.code]
-        if status.limit is not None:
-            out += self._current_limit(status.limit)
+        limit = status.limit
+        out = _CODE_FIELD[status.code] if limit is None else self._head(status.code, limit)
         if status.remaining:
             out += _REMAINING + varint(status.remaining)
-        if status.reset_after > 0:
-            seconds = math.floor(status.reset_after)
-            nanos = int((status.reset_after - seconds) * 1e9)
+        reset_after = status.reset_after
+        if reset_after > 0:
+            seconds = math.floor(reset_after)
+            nanos = int((reset_after - seconds) * 1e9)
             duration = (_SECONDS + varint(seconds) if seconds else b"") + (
                 _NANOS + varint(nanos) if nanos else b""
             )
-            out += length_delimited(_UNTIL_RESET, duration)
+            out += _UNTIL_RESET + _SMALL[len(duration)] + duration  # at most 16 bytes
         return out
 
-    def _current_limit(self, limit: Limit) -> bytes:
+    def _head(self, code: Code, limit: Limit) -> bytes:
+        """`code` and `current_limit`: the part of a status that repeats call after call."""
         cached = self._limits.get(id(limit))
-        if cached is not None and cached[0] is limit:
-            return cached[1]
-        payload = b""
-        if limit.requests_per_unit:
-            payload += _REQUESTS_PER_UNIT + varint(limit.requests_per_unit)
-        payload += _UNIT + _SMALL[limit.unit.value]
-        if limit.name:
-            payload += length_delimited(_NAME, limit.name.encode())
-        encoded = length_delimited(_CURRENT_LIMIT, payload)
-        if len(self._limits) >= _MAX_CACHED_LIMITS:
-            self._limits.clear()
-        self._limits[id(limit)] = (limit, encoded)
-        return encoded
+        if cached is None or cached[0] is not limit:
+            current_limit = _current_limit(limit)
+            cached = (
+                limit,
+                _CODE_FIELD[Code.OK] + current_limit,
+                _CODE_FIELD[Code.OVER_LIMIT] + current_limit,
+            )
+            if len(self._limits) >= _MAX_CACHED_LIMITS:
+                self._limits.clear()
+            self._limits[id(limit)] = cached
+        return cached[1] if code is Code.OK else cached[2]
+
+
+def _current_limit(limit: Limit) -> bytes:
+    payload = b""
+    if limit.requests_per_unit:
+        payload += _REQUESTS_PER_UNIT + varint(limit.requests_per_unit)
+    payload += _UNIT + _SMALL[limit.unit.value]
+    if limit.name:
+        payload += length_delimited(_NAME, limit.name.encode())
+    return length_delimited(_CURRENT_LIMIT, payload)
