@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 
 import grpc
@@ -246,10 +247,31 @@ class App:
         log.info("ratelimitd stopped")
 
 
+FULL_COLLECTION_EVERY = 1000  # young collections between full ones (Python's default: 10)
+
+
+def tune_gc() -> None:
+    """Keeps full garbage collections off the hot path.
+
+    A full collection walks every tracked object, and a running service holds many for good
+    (modules, the config, the memo of prepared requests): measured here, each one paused the
+    event loop for 65-80 ms, several times a minute under load, which is what a p99.9 sees.
+    Freezing what exists once the service is up takes it out of every later collection; full
+    collections then wait for 1,000 young ones instead of 10 (Python still requires a quarter
+    of the old objects to be new since the last one), so they come minutes apart. Objects
+    die by reference counting as before; only garbage cycles wait longer. With both: no full
+    collection in 10,000 prefilled bodies and 15 s of load, and 10 % more calls/s.
+    """
+    gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
+
+
 async def serve(settings: Settings) -> None:
     """Runs until SIGTERM or SIGINT; SIGHUP reloads the config."""
     app = App(settings)
     await app.start()
+    tune_gc()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
