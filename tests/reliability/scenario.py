@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import grpc
 from envoy.service.ratelimit.v3 import rls_pb2
 
 from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2 as admin_pb
@@ -171,10 +172,18 @@ class Outcome:
 
 
 async def under_load(service: Running, fault: Fault, timeout_s: float = TIMEOUT_S) -> Outcome:
-    # warm: every counter's node connected to and its script loaded (a Cluster has three)
+    # warm: every counter's node connected to and its script loaded (a Cluster has three).
+    # A cold start (topology, connections, SCRIPT LOAD on each node) may itself take longer
+    # than the 100 ms timeout on a loaded machine, and is then answered UNAVAILABLE: retried.
     warm = rl_request("rel", *[[("k", f"s{i}")] for i in range(8)], [("k", "probe")])
-    for _ in range(3):
-        await service.stub.ShouldRateLimit(warm, timeout=5)
+    warmed, deadline = 0, time.monotonic() + 10
+    while warmed < 3:
+        try:
+            await service.stub.ShouldRateLimit(warm, timeout=5)
+            warmed += 1
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
     lag = LagMonitor().start()
     tasks_before = len(asyncio.all_tasks())
     load = Load([service.stub], load_request, STREAMS).start()
