@@ -163,6 +163,32 @@ async def test_idle_counters_expire_on_their_own(redis_server: RedisServer) -> N
     await backend.close()
 
 
+async def test_a_fixed_window_hit_in_a_known_window_is_one_increment(
+    redis_server: RedisServer,
+) -> None:
+    """The first hit of a window writes it and sets its expiry; later hits only increment."""
+    backend = backend_for(redis_server.url)
+    limiter = Limiter(config(RULES), backend, LimiterOptions(key_prefix="inc:"))
+    client = redis_server.client()
+
+    def calls(command: str) -> int:
+        stats = client.info("commandstats").get(f"cmdstat_{command}", {})
+        return int(stats.get("calls", 0)) if isinstance(stats, dict) else 0
+
+    await limiter.should_rate_limit(make_request("edge", [("api_key", "k")]))
+    (key,) = client.keys("inc:*")
+    ttl = client.pttl(key)
+    before = {command: calls(command) for command in ("hincrby", "hset", "pexpire")}
+    for _ in range(5):
+        await limiter.should_rate_limit(make_request("edge", [("api_key", "k")]))
+    after = {command: calls(command) for command in ("hincrby", "hset", "pexpire")}
+    assert after["hincrby"] - before["hincrby"] == 5
+    assert (after["hset"], after["pexpire"]) == (before["hset"], before["pexpire"])
+    assert client.hget(key, "c") == b"6"
+    assert 0 < client.pttl(key) <= ttl  # still the window's own expiry
+    await backend.close()
+
+
 async def test_unix_socket_url(tmp_path: Path) -> None:
     socket_path = tmp_path / "redis.sock"
     with RedisServer(extra_args=["--unixsocket", str(socket_path), "--unixsocketperm", "700"]):
