@@ -29,7 +29,7 @@ from ratelimitd.server.batch_service import SERVICE_NAME as BATCH_SERVICE
 from ratelimitd.server.batch_service import BatchServicer
 from ratelimitd.server.encode import ResponseEncoder
 from ratelimitd.server.grpc_service import RateLimitServicer
-from ratelimitd.server.handlers import service_handler
+from ratelimitd.server.handlers import register_service
 from ratelimitd.server.http import HttpServer
 from ratelimitd.server.http_api import routes
 from ratelimitd.server.prepared import PreparedRequests
@@ -131,29 +131,28 @@ class App:
                 ("grpc.http2.max_ping_strikes", 0),
             ]
         )
-        server.add_generic_rpc_handlers(
-            (
-                # bytes both ways: the servicers parse and encode themselves (grpc_service.py)
-                service_handler(
-                    ENVOY_SERVICE,
-                    RateLimitServicer(self.limiter, self.prepared, self.encoder),
-                    {"ShouldRateLimit": (None, None)},
-                ),
-                service_handler(
-                    BATCH_SERVICE,
-                    BatchServicer(self.limiter, self.prepared, self.encoder),
-                    {"ShouldRateLimitBatch": (admin_pb2.ShouldRateLimitBatchRequest, None)},
-                ),
-                service_handler(
-                    ADMIN_SERVICE,
-                    AdminServicer(self.limiter, settings.read_admin_token),
-                    {
-                        "Reset": (admin_pb2.ResetRequest, admin_pb2.ResetResponse),
-                        "Peek": (admin_pb2.PeekRequest, admin_pb2.PeekResponse),
-                        "GetConfig": (admin_pb2.GetConfigRequest, admin_pb2.GetConfigResponse),
-                    },
-                ),
-            )
+        # bytes both ways: the servicers parse and encode themselves (grpc_service.py)
+        register_service(
+            server,
+            ENVOY_SERVICE,
+            RateLimitServicer(self.limiter, self.prepared, self.encoder),
+            {"ShouldRateLimit": (None, None)},
+        )
+        register_service(
+            server,
+            BATCH_SERVICE,
+            BatchServicer(self.limiter, self.prepared, self.encoder),
+            {"ShouldRateLimitBatch": (admin_pb2.ShouldRateLimitBatchRequest, None)},
+        )
+        register_service(
+            server,
+            ADMIN_SERVICE,
+            AdminServicer(self.limiter, settings.read_admin_token),
+            {
+                "Reset": (admin_pb2.ResetRequest, admin_pb2.ResetResponse),
+                "Peek": (admin_pb2.PeekRequest, admin_pb2.PeekResponse),
+                "GetConfig": (admin_pb2.GetConfigRequest, admin_pb2.GetConfigResponse),
+            },
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -75,6 +75,7 @@ class _Planned:
     limits: tuple[Limit, ...]
     counter: CounterRequest | None
     entries: tuple[Entry, ...] = ()
+    tallies: metrics.RuleCounters | None = None  # the rule's metrics, with a counter
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,23 +154,27 @@ class Limiter:
         statuses = []
         over = False
         for plan in plans:
-            result = next(results) if plan.counter is not None else None
+            if plan.counter is None:
+                statuses.append(self._uncounted_status(plan))
+                continue
+            result = next(results)
             status = self._status(plan, result)
-            if result is not None:
-                self._observe(plan, status, result)
-            over = over or status.code is Code.OVER_LIMIT
+            self._observe(plan, status, result)
+            if status.code is Code.OVER_LIMIT:
+                over = True
             statuses.append(status)
         overall = Code.OVER_LIMIT if over and not self.options.shadow_mode else Code.OK
         return Decision(overall, tuple(statuses))
 
     def _observe(self, plan: _Planned, status: Status, result: CounterResult) -> None:
         """Per-rule metrics, and a debug line for each denial."""
-        rule, counter, limit = plan.rule, plan.counter, status.limit
+        rule, counter, limit, tallies = plan.rule, plan.counter, status.limit, plan.tallies
         assert rule is not None and counter is not None and limit is not None
-        detail = "_".join(value for _, value in plan.entries) if rule.detailed_metric else ""
+        assert tallies is not None
         over = not result.allowed
-        self.rule_metrics.record(rule, detail, counter.cost, limit.capacity, status.remaining, over)
+        tallies.record(counter.cost, limit.capacity, status.remaining, over, rule.shadow_mode)
         if over and _stdlib_log.isEnabledFor(logging.DEBUG):  # spares hashing values otherwise
+            detail = "_".join(value for _, value in plan.entries)
             log.debug(
                 "over limit",
                 domain=rule.domain,
@@ -228,7 +233,12 @@ class Limiter:
             cost = request.hits_addend if descriptor.hits_addend is None else descriptor.hits_addend
             base = counter_base(self.options.key_prefix, request.domain, match.counter_entries)
             counter = CounterRequest(base, limits, cost)
-            plans.append(_Planned(match.rule, limits, counter, descriptor.entries))
+            rule = match.rule
+            detail = (
+                "_".join(value for _, value in descriptor.entries) if rule.detailed_metric else ""
+            )
+            tallies = self.rule_metrics.counters(rule, detail)
+            plans.append(_Planned(rule, limits, counter, descriptor.entries, tallies))
         return plans
 
     def _on_backend_failure(self, plans: Sequence[_Planned], exc: BackendError) -> Decision:
@@ -264,26 +274,28 @@ class Limiter:
         return Match(rule, descriptor.entries)
 
     @staticmethod
-    def _status(plan: _Planned, result: CounterResult | None) -> Status:
+    def _uncounted_status(plan: _Planned) -> Status:
+        """A descriptor nothing was charged for: unlimited, or no rule matched."""
         if plan.rule is not None and plan.rule.unlimited:
             return Status(Code.OK, None, UNLIMITED_REMAINING, 0.0)
-        if result is None:
-            return Status(Code.OK)
-        index = _most_restrictive(result)
-        limit = plan.limits[index]
+        return Status(Code.OK)
+
+    @staticmethod
+    def _status(plan: _Planned, result: CounterResult) -> Status:
+        index = 0 if len(result.results) == 1 else _most_restrictive(result)
         limit_result = result.results[index]
-        over = not result.allowed
-        shadow = plan.rule is not None and plan.rule.shadow_mode
-        code = Code.OVER_LIMIT if over and not shadow else Code.OK
+        over = not result.allowed and not (plan.rule is not None and plan.rule.shadow_mode)
+        remaining, reset_after = limit_result.remaining, limit_result.reset_after
         return Status(
-            code, limit, max(limit_result.remaining, 0), max(limit_result.reset_after, 0.0)
+            Code.OVER_LIMIT if over else Code.OK,
+            plan.limits[index],
+            remaining if remaining > 0 else 0,
+            reset_after if reset_after > 0 else 0.0,
         )
 
 
 def _most_restrictive(result: CounterResult) -> int:
     """The denying limit that frees up last, or else the one with the least left."""
-    if len(result.results) == 1:
-        return 0
     indexed = list(enumerate(result.results))
     if not result.allowed:
         denying = [(r.reset_after, i) for i, r in indexed if not r.allowed]

@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ratelimitd import metrics
 from ratelimitd.backends.base import CounterRequest, CounterResult
-from ratelimitd.backends.batching import Batcher
+from ratelimitd.backends.batching import Batcher, BatchTimeout
 from ratelimitd.backends.redis_client import (
     RedisOptions,
     describe,
@@ -62,13 +62,20 @@ def parse_reply(reply: Sequence[int], requests: Sequence[CounterRequest]) -> lis
     results = []
     at = 0
     for request in requests:
-        end = at + 1 + 3 * len(request.limits)
-        limits = tuple(
-            LimitResult(bool(reply[i]), int(reply[i + 1]), int(reply[i + 2]) / 1000)
-            for i in range(at + 1, end, 3)
-        )
-        results.append(CounterResult(bool(reply[at]), limits))
-        at = end
+        allowed = reply[at] == 1
+        if len(request.limits) == 1:  # the common case, without a loop
+            limits: tuple[LimitResult, ...] = (
+                LimitResult(reply[at + 1] == 1, reply[at + 2], reply[at + 3] / 1000),
+            )
+            at += 4
+        else:
+            end = at + 1 + 3 * len(request.limits)
+            limits = tuple(
+                LimitResult(reply[i] == 1, reply[i + 1], reply[i + 2] / 1000)
+                for i in range(at + 1, end, 3)
+            )
+            at = end
+        results.append(CounterResult(allowed, limits))
     return results
 
 
@@ -169,8 +176,10 @@ class RedisBackend:
 
     async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
         if self.cache is None and not self.cluster:  # the common case: one node, no cache
-            (answers,) = await self._wait([self._batcher("").submit(tuple(requests))])
-            return answers
+            try:  # a caller that gives up cancels the future: its unsent work is dropped
+                return await self._batcher("").submit(tuple(requests))
+            except BatchTimeout:
+                raise self._timed_out() from None
         now = time.monotonic()
         results: list[CounterResult | None] = [
             self.cache.get(request, now) if self.cache is not None else None for request in requests
@@ -199,29 +208,19 @@ class RedisBackend:
     async def _wait(
         self, futures: list[asyncio.Future[list[CounterResult]]]
     ) -> list[list[CounterResult]]:
-        """The answers, or BackendError after the timeout. One timer, no task: this is hot."""
-        timed_out = False
-
-        def expire() -> None:
-            nonlocal timed_out
-            timed_out = True
-            for future in futures:
-                future.cancel()
-
-        timer = asyncio.get_running_loop().call_later(self.options.timeout_s, expire)
+        """The answers of one call's batches (one per Cluster node); each batch times out."""
         try:
             return [await future for future in futures]
-        except asyncio.CancelledError:
-            if timed_out:
-                raise BackendError(
-                    f"Redis did not answer within {self.options.timeout_s * 1000:.0f} ms",
-                    kind="timeout",
-                ) from None
-            raise
+        except BatchTimeout:
+            raise self._timed_out() from None
         finally:
-            timer.cancel()
             for future in futures:  # a caller that gave up: its unsent work is dropped
                 future.cancel()
+
+    def _timed_out(self) -> BackendError:
+        return BackendError(
+            f"Redis did not answer within {self.options.timeout_s * 1000:.0f} ms", kind="timeout"
+        )
 
     async def _send(
         self, groups: Sequence[tuple[CounterRequest, ...]]
@@ -342,6 +341,7 @@ class RedisBackend:
                 delay_s=self.options.batch_delay_s,
                 # a batch out longer than this lets the next one go: well within the timeout
                 stall_s=min(STALL_S, self.options.timeout_s / 4),
+                timeout_s=self.options.timeout_s,
             )
         return batcher
 

@@ -25,7 +25,7 @@ from ratelimitd.server.status import status_of
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RateLimitBatch"].full_name
 MAX_BATCH = 1024
 
-_LATENCY = metrics.REQUEST_LATENCY.labels("ShouldRateLimitBatch")
+_LATENCY = metrics.HistogramTally(metrics.REQUEST_LATENCY.labels("ShouldRateLimitBatch"))
 # Tags: ShouldRateLimitBatchResponse.results = 1; BatchResult.response = 1, .error_code = 2,
 # .error_message = 3.
 _RESULT = b"\x0a"

@@ -15,6 +15,7 @@ from ratelimitd.model import Code, Decision, Limit, Status
 
 _SMALL = [bytes((n,)) for n in range(128)]
 _MAX_CACHED_LIMITS = 10_000
+_MAX_CACHED_DURATIONS = 4_096
 
 
 def varint(number: int) -> bytes:
@@ -79,28 +80,43 @@ class ResponseEncoder:
 
     def __init__(self) -> None:
         self._limits: dict[int, tuple[Limit, bytes, bytes]] = {}
+        # `duration_until_reset` fields by seconds: windows of one period end together, and
+        # Redis answers in whole milliseconds, so the statuses of one batch share a few
+        self._durations: dict[float, bytes] = {}
 
     def response(self, decision: Decision) -> bytes:
-        parts = [_OVERALL_CODE_FIELD[decision.overall]]
+        out = _OVERALL_CODE_FIELD[decision.overall]
         for status in decision.statuses:
             encoded = self._status(status)
-            parts.append(_STATUSES + varint(len(encoded)) + encoded)
-        return b"".join(parts)
+            size = len(encoded)
+            out += _STATUSES + (_SMALL[size] if size < 0x80 else varint(size)) + encoded
+        return out
 
     def _status(self, status: Status) -> bytes:
         limit = status.limit
         out = _CODE_FIELD[status.code] if limit is None else self._head(status.code, limit)
-        if status.remaining:
-            out += _REMAINING + varint(status.remaining)
+        remaining = status.remaining
+        if remaining:
+            out += _REMAINING + (_SMALL[remaining] if remaining < 0x80 else varint(remaining))
         reset_after = status.reset_after
         if reset_after > 0:
-            seconds = math.floor(reset_after)
-            nanos = int((reset_after - seconds) * 1e9)
-            duration = (_SECONDS + varint(seconds) if seconds else b"") + (
-                _NANOS + varint(nanos) if nanos else b""
-            )
-            out += _UNTIL_RESET + _SMALL[len(duration)] + duration  # at most 16 bytes
+            duration = self._durations.get(reset_after)
+            if duration is None:
+                duration = self._duration(reset_after)
+            out += duration
         return out
+
+    def _duration(self, reset_after: float) -> bytes:
+        seconds = math.floor(reset_after)
+        nanos = int((reset_after - seconds) * 1e9)
+        payload = (_SECONDS + varint(seconds) if seconds else b"") + (
+            _NANOS + varint(nanos) if nanos else b""
+        )
+        field = _UNTIL_RESET + _SMALL[len(payload)] + payload  # at most 16 bytes
+        if len(self._durations) >= _MAX_CACHED_DURATIONS:
+            self._durations.clear()
+        self._durations[reset_after] = field
+        return field
 
     def _head(self, code: Code, limit: Limit) -> bytes:
         """`code` and `current_limit`: the part of a status that repeats call after call."""

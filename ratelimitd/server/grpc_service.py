@@ -19,7 +19,7 @@ from ratelimitd.server.encode import ResponseEncoder
 from ratelimitd.server.prepared import PreparedRequests
 from ratelimitd.server.status import status_of
 
-_LATENCY = metrics.REQUEST_LATENCY.labels("ShouldRateLimit")
+_LATENCY = metrics.HistogramTally(metrics.REQUEST_LATENCY.labels("ShouldRateLimit"))
 
 
 class RateLimitServicer:

@@ -33,15 +33,18 @@ def _safe(message_type: type[Message]) -> Callable[[bytes], Message | Malformed]
     return parse
 
 
-def service_handler(
+def register_service(
+    server: grpc.aio.Server,
     service_name: str,
     servicer: object,
     methods: dict[str, tuple[type[Message] | None, type[Message] | None]],
-) -> grpc.GenericRpcHandler:
-    """A generic handler for unary methods: `{name: (request type, response type)}`.
+) -> None:
+    """Registers unary methods: `{name: (request type, response type)}`.
 
     A type of None passes bytes through: the method parses its request body itself, or
-    returns its response already encoded."""
+    returns its response already encoded. Registered methods are found by grpc's C core by
+    their path; a generic handler would be asked by Python code on every call (about 10 µs of
+    CPU per call, measured with h2load)."""
     handlers: dict[str, Any] = {
         name: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, name),
@@ -50,7 +53,7 @@ def service_handler(
         )
         for name, (request_type, response_type) in methods.items()
     }
-    return grpc.method_handlers_generic_handler(service_name, handlers)
+    server.add_registered_method_handlers(service_name, handlers)
 
 
 async def refuse_malformed(request: object, context: grpc.aio.ServicerContext) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from ratelimitd.backends.batching import Batcher
+from ratelimitd.backends.batching import Batcher, BatchTimeout
 
 
 class Recorder:
@@ -107,3 +107,50 @@ async def test_work_waiting_for_a_stall_leaves_when_the_batch_returns() -> None:
     gate.set()
     assert await asyncio.wait_for(asyncio.gather(first, second), 5) == [1, 2]
     assert sent == [[1], [2]]
+
+
+async def test_a_batch_out_past_its_timeout_fails_and_the_next_work_still_goes() -> None:
+    recorder = Recorder()  # never released: the store has gone silent
+    batcher: Batcher[int, int] = Batcher(recorder.send, delay_s=0, timeout_s=0.05)
+    stuck = batcher.submit(1)
+    try:
+        await asyncio.wait_for(stuck, 5)
+    except BatchTimeout as exc:
+        assert "50 ms" in str(exc)
+    else:
+        raise AssertionError("no timeout")
+    recorder.release.set()
+    assert await asyncio.wait_for(batcher.submit(2), 5) == 20
+    await batcher.close()
+
+
+async def test_work_waiting_for_a_free_slot_times_out_in_the_queue() -> None:
+    recorder = Recorder()
+    batcher: Batcher[int, int] = Batcher(
+        recorder.send, delay_s=0, stall_s=0, max_in_flight=1, timeout_s=0.05
+    )
+    out = batcher.submit(1)
+    await asyncio.sleep(0)
+    waiting = [batcher.submit(n) for n in (2, 3)]  # the only slot is taken
+    for future in [out, *waiting]:
+        try:
+            await asyncio.wait_for(future, 5)
+        except BatchTimeout:
+            pass
+        else:
+            raise AssertionError("no timeout")
+    assert recorder.batches == [[1]]  # what timed out waiting was never sent
+    recorder.release.set()
+    assert await asyncio.wait_for(batcher.submit(4), 5) == 40
+    await batcher.close()
+
+
+async def test_answers_in_time_leave_no_timer_behind() -> None:
+    recorder = Recorder()
+    recorder.release.set()
+    batcher: Batcher[int, int] = Batcher(recorder.send, delay_s=0, timeout_s=0.05)
+    assert await asyncio.gather(*(batcher.submit(n) for n in range(5))) == [0, 10, 20, 30, 40]
+    for _ in range(3):  # the batch tasks' done callbacks run
+        await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()  # no deadline timer is left to fire 50 ms on
+    assert not [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
