@@ -1,8 +1,9 @@
 """The whole run: Redis, every target, the sweep, FastAPI, the memory floor, the report.
 
 Targets of one phase run side by side and the sweep interleaves them (for each descriptor
-count, for each concurrency, every target in turn), so slow drift of a shared, noisy machine
-hits all of them alike; only the target being driven gets load.
+count, for each concurrency, round 1 of every target, then round 2 of every target, ...), so
+drift of a shared, noisy machine hits all of them alike; only the target being driven gets
+load.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import REPO_ROOT, floors, grpc_check, loadgen, machine, payloads, report, stats, targets
-from bench.measure import Point, run_point
+from bench.measure import Point, PointRecorder, run_interleaved, run_point
 from bench.targets import Target
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "results"
@@ -241,11 +242,11 @@ def grpc_phase(run: Run, servers: dict[str, Any]) -> None:
         for descriptors in opts.descriptors:
             for concurrency in opts.concurrency:
                 shape = loadgen.shape_for(concurrency, opts.streams, opts.max_processes)
-                for target in running:
-                    rounds = _grpc_rounds(run, target, shape, descriptors)
-                    point = run_point(
-                        target, pids[target.name], shape, descriptors, rounds, run.workdir
-                    )
+                recorders = [
+                    PointRecorder(t, pids[t.name], shape, descriptors, run.workdir) for t in running
+                ]
+                rounds = [_grpc_rounds(run, t, shape, descriptors) for t in running]
+                for point in run_interleaved(recorders, rounds):
                     run.points.append(point)
                     run.log(_describe(point))
         if opts.half_peak:
@@ -316,14 +317,17 @@ def fastapi_phase(run: Run, servers: dict[str, Any]) -> None:
         pids = stats.redis_pids(single)
         for concurrency in opts.fastapi_concurrency:
             shape = loadgen.Shape(concurrency, concurrency, 1, _split(concurrency, opts))
-            for target in running:
-                rounds = [
+            recorders = [
+                PointRecorder(t, pids if t.redis else [], shape, 1, run.workdir) for t in running
+            ]
+            rounds = [
+                [
                     loadgen.Round(target.url, shape, seconds, opts.warmup_s, http1=True)
                     for seconds in opts.rounds_for(opts.duration_s)
                 ]
-                point = run_point(
-                    target, pids if target.redis else [], shape, 1, rounds, run.workdir
-                )
+                for target in running
+            ]
+            for point in run_interleaved(recorders, rounds):
                 run.points.append(point)
                 run.log(_describe(point))
     finally:

@@ -129,6 +129,95 @@ def _clean(value: Any) -> Any:
     return value
 
 
+class PointRecorder:
+    """One point, measured round by round: the sweep interleaves the rounds of all targets
+    (round 1 of each, then round 2 of each, ...), so that drift over tens of seconds on a
+    shared machine falls on every target alike, not on whichever ran during it."""
+
+    def __init__(
+        self,
+        target: Target,
+        redis_pids: list[int],
+        shape: loadgen.Shape,
+        descriptors: int,
+        workdir: Path,
+        load: str = "sweep",
+    ) -> None:
+        self.target = target
+        self.redis_pids = redis_pids
+        self.shape = shape
+        self.descriptors = descriptors
+        self.workdir = workdir
+        self.load = load
+        self.window = Window()
+        self.seen: list[tuple[loadgen.Round, list[loadgen.ProcessResult]]] = []
+
+    def run_round(self, spec: loadgen.Round) -> None:
+        marks: list[Snapshot] = []
+
+        def mark() -> None:
+            marks.append(snapshot(self.target, self.redis_pids))
+
+        results = loadgen.run_round(spec, self.workdir, mark)
+        if len(marks) == 2:
+            self.window.add(marks[0], marks[1], self.target.backend)
+        self.seen.append((spec, results))
+
+    def point(self) -> Point:
+        """What the rounds so far saw, as one Point."""
+        target, window, rounds = self.target, self.window, [spec for spec, _ in self.seen]
+        summary = loadgen.summarize(self.seen)
+        bodies = {str(body) for spec in rounds for body in spec.bodies}
+        per_call = self.descriptors if target.protocol == "grpc" else 1
+        decisions_per_s = summary.calls_per_s * per_call
+        cpu_rate = _ratio(window.target_cpu, window.seconds)
+        redis_rate = _ratio(window.redis_cpu, window.seconds) if self.redis_pids else None
+        counters = window.counters
+        decisions = counters.get("decisions")
+        if decisions is None and target.protocol == "http" and target.backend != "none":
+            decisions = summary.calls_per_s * window.seconds  # one decision per HTTP request
+        shape = self.shape
+        return Point(
+            target=target.name,
+            load=self.load,
+            concurrency=shape.concurrency,
+            connections=shape.connections,
+            streams=shape.streams,
+            processes=shape.processes,
+            descriptors=per_call,
+            rounds=summary.rounds,
+            seconds=summary.seconds,
+            calls=summary.calls,
+            errors=summary.errors,
+            calls_per_s=summary.calls_per_s,
+            p50_ms=summary.p50_ms,
+            p99_ms=summary.p99_ms,
+            p999_ms=summary.p999_ms,
+            max_ms=summary.max_ms,
+            distinct_payloads=len(bodies),
+            rps_per_client=rounds[0].rps_per_client if rounds else None,
+            cpu_s_per_1k=_ratio(cpu_rate, decisions_per_s / 1000),
+            cpu_cores=cpu_rate,
+            redis_cpu_s_per_1k=_ratio(redis_rate, decisions_per_s / 1000),
+            round_trips_per_decision=_ratio(counters.get("round_trips"), decisions),
+            script_calls_per_decision=_ratio(counters.get("script_calls"), decisions),
+            evalsha_per_decision=_ratio(counters.get("evalsha"), decisions)
+            if target.redis
+            else None,
+            redis_commands_per_decision=_ratio(counters.get("redis_commands"), decisions)
+            if target.redis
+            else None,
+            over_limit_share=_ratio(counters.get("over_limit"), counters.get("hits")),
+            metrics_decisions_check=_ratio(
+                _ratio(counters.get("decisions"), window.seconds), decisions_per_s
+            ),
+            rss_mb=window.rss_bytes / 2**20 if window.rss_bytes else None,
+            backend_errors=int(counters["backend_errors"])
+            if "backend_errors" in counters
+            else None,
+        )
+
+
 def run_point(
     target: Target,
     redis_pids: list[int],
@@ -139,60 +228,20 @@ def run_point(
     load: str = "sweep",
 ) -> Point:
     """Runs `rounds` (each with its own bodies) and turns what they saw into one Point."""
-    window = Window()
-    seen: list[tuple[loadgen.Round, list[loadgen.ProcessResult]]] = []
+    recorder = PointRecorder(target, redis_pids, shape, descriptors, workdir, load)
     for spec in rounds:
-        marks: list[Snapshot] = []
+        recorder.run_round(spec)
+    return recorder.point()
 
-        def mark(marks: list[Snapshot] = marks) -> None:
-            marks.append(snapshot(target, redis_pids))
 
-        results = loadgen.run_round(spec, workdir, mark)
-        if len(marks) == 2:
-            window.add(marks[0], marks[1], target.backend)
-        seen.append((spec, results))
-    summary = loadgen.summarize(seen)
-    bodies = {str(body) for spec in rounds for body in spec.bodies}
-    per_call = descriptors if target.protocol == "grpc" else 1
-    decisions_per_s = summary.calls_per_s * per_call
-    cpu_rate = _ratio(window.target_cpu, window.seconds)
-    redis_rate = _ratio(window.redis_cpu, window.seconds) if redis_pids else None
-    counters = window.counters
-    decisions = counters.get("decisions")
-    if decisions is None and target.protocol == "http" and target.backend != "none":
-        decisions = summary.calls_per_s * window.seconds  # one decision per HTTP request
-    return Point(
-        target=target.name,
-        load=load,
-        concurrency=shape.concurrency,
-        connections=shape.connections,
-        streams=shape.streams,
-        processes=shape.processes,
-        descriptors=per_call,
-        rounds=summary.rounds,
-        seconds=summary.seconds,
-        calls=summary.calls,
-        errors=summary.errors,
-        calls_per_s=summary.calls_per_s,
-        p50_ms=summary.p50_ms,
-        p99_ms=summary.p99_ms,
-        p999_ms=summary.p999_ms,
-        max_ms=summary.max_ms,
-        distinct_payloads=len(bodies),
-        rps_per_client=rounds[0].rps_per_client if rounds else None,
-        cpu_s_per_1k=_ratio(cpu_rate, decisions_per_s / 1000),
-        cpu_cores=cpu_rate,
-        redis_cpu_s_per_1k=_ratio(redis_rate, decisions_per_s / 1000),
-        round_trips_per_decision=_ratio(counters.get("round_trips"), decisions),
-        script_calls_per_decision=_ratio(counters.get("script_calls"), decisions),
-        evalsha_per_decision=_ratio(counters.get("evalsha"), decisions) if target.redis else None,
-        redis_commands_per_decision=_ratio(counters.get("redis_commands"), decisions)
-        if target.redis
-        else None,
-        over_limit_share=_ratio(counters.get("over_limit"), counters.get("hits")),
-        metrics_decisions_check=_ratio(
-            _ratio(counters.get("decisions"), window.seconds), decisions_per_s
-        ),
-        rss_mb=window.rss_bytes / 2**20 if window.rss_bytes else None,
-        backend_errors=int(counters["backend_errors"]) if "backend_errors" in counters else None,
-    )
+def run_interleaved(
+    recorders: list[PointRecorder], rounds: list[list[loadgen.Round]]
+) -> list[Point]:
+    """Round i of every target before round i+1 of any; every other round in reverse order,
+    so that no target always follows the same one."""
+    for index in range(max(map(len, rounds), default=0)):
+        order = list(zip(recorders, rounds, strict=True))
+        for recorder, specs in order if index % 2 == 0 else reversed(order):
+            if index < len(specs):
+                recorder.run_round(specs[index])
+    return [recorder.point() for recorder in recorders]
