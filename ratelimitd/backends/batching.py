@@ -14,7 +14,10 @@ without the delay 0.85 round trips per decision and 50 % more CPU per call; 0.5 
 and 0.84x the calls/s of an empty gRPC server, 1 to 1.2 ms about 0.09 and 0.84-0.93x, 1.5
 to 2 ms lost again at 16 streams, where added latency caps a closed loop. The delay applies
 only under load: while a batch is out, or after a batch that had company. Calls one at a time
-(a lone caller, low concurrency) leave at the next event-loop step and pay nothing.
+(a lone caller, low concurrency) leave at the next event-loop step and pay nothing. And a
+batch waiting for company leaves as soon as it holds as many as the largest of the last 8
+batches: four callers in a closed loop otherwise waited out the whole delay every round,
+with no one else to come (4 streams: 1,530 calls/s against the empty server's 5,840).
 
 With `timeout_s`, work not answered that long after it was submitted fails with
 `BatchTimeout`, whether it waits to leave or is out: one timer per batch (due when its oldest
@@ -26,11 +29,15 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+
+RECENT_BATCHES = 8
 
 
 class BatchTimeout(TimeoutError):
@@ -64,6 +71,11 @@ class Batcher(Generic[Item, Result]):
         self._last_batch_size = 0
         self._last_sent = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
+        # the largest of the last batches: a batch waiting out `delay_s` for company leaves
+        # as soon as it has that much, without waiting out the rest of the delay
+        self._recent_sizes: deque[int] = deque(maxlen=RECENT_BATCHES)
+        self._company = 0
+        self._gathering = False  # the flush handle waits for company, nothing else
 
     def submit(self, item: Item) -> asyncio.Future[Result]:
         loop = self._loop
@@ -72,6 +84,11 @@ class Batcher(Generic[Item, Result]):
         future: asyncio.Future[Result] = loop.create_future()
         deadline = loop.time() + self.timeout_s if self.timeout_s is not None else math.inf
         self._pending.append((item, future, deadline))
+        if self._gathering and len(self._pending) >= self._company:
+            assert self._flush_handle is not None
+            self._flush_handle.cancel()
+            self._flush_handle = None
+            self._gathering = False
         self._schedule(loop)
         return future
 
@@ -86,7 +103,8 @@ class Batcher(Generic[Item, Result]):
             stalled_in = self._last_sent + self.stall_s - loop.time()
             self._waiting_out_stall = stalled_in > self.delay_s
             self._flush_handle = loop.call_later(max(stalled_in, self.delay_s), self._flush)
-        elif self.delay_s and self._last_batch_size > 1:
+        elif self.delay_s and self._last_batch_size > 1 and len(self._pending) < self._company:
+            self._gathering = True
             self._flush_handle = loop.call_later(self.delay_s, self._flush)
         else:
             self._flush_handle = loop.call_soon(self._flush)
@@ -94,6 +112,7 @@ class Batcher(Generic[Item, Result]):
     def _flush(self) -> None:
         self._flush_handle = None
         self._waiting_out_stall = False
+        self._gathering = False
         loop = self._loop
         assert loop is not None
         batch = self._pending[: self.max_batch]
@@ -101,6 +120,8 @@ class Batcher(Generic[Item, Result]):
         batch = [entry for entry in batch if not entry[1].done()]
         self._last_batch_size = len(batch)
         if batch:
+            self._recent_sizes.append(len(batch))
+            self._company = max(self._recent_sizes)
             self._last_sent = loop.time()
             task = loop.create_task(self._run(batch))
             self._tasks.add(task)

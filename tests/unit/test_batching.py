@@ -154,3 +154,28 @@ async def test_answers_in_time_leave_no_timer_behind() -> None:
         await asyncio.sleep(0)
     loop = asyncio.get_running_loop()  # no deadline timer is left to fire 50 ms on
     assert not [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+
+
+async def test_a_batch_waiting_for_company_leaves_once_it_has_as_many_as_lately() -> None:
+    recorder = Recorder()
+    recorder.release.set()
+    batcher: Batcher[int, int] = Batcher(recorder.send, delay_s=60)  # a delay nobody could wait out
+    first = [batcher.submit(n) for n in (1, 2, 3)]  # three callers in one event-loop step
+    assert await asyncio.wait_for(asyncio.gather(*first), 5) == [10, 20, 30]
+    # the same three come back: the third completes the company, no one waits out the delay
+    second = [batcher.submit(n) for n in (4, 5, 6)]
+    assert await asyncio.wait_for(asyncio.gather(*second), 5) == [40, 50, 60]
+    assert recorder.batches == [[1, 2, 3], [4, 5, 6]]
+
+
+async def test_a_batch_short_of_company_still_waits_out_the_delay() -> None:
+    recorder = Recorder()
+    recorder.release.set()
+    batcher: Batcher[int, int] = Batcher(recorder.send, delay_s=0.05)
+    assert await asyncio.gather(*(batcher.submit(n) for n in (1, 2, 3))) == [10, 20, 30]
+    late = batcher.submit(4)  # one of three: company may still come
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert recorder.batches == [[1, 2, 3]]
+    assert await asyncio.wait_for(late, 5) == 40  # sent when the delay ran out
+    assert recorder.batches == [[1, 2, 3], [4]]
