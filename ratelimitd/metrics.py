@@ -220,11 +220,6 @@ class RuleMetrics:
         self._children: dict[tuple[str, str], RuleCounters] = {}
         self._values_seen: dict[tuple[str, str], set[str]] = {}
 
-    def record(
-        self, rule: Rule, detail: str, cost: int, capacity: int, remaining: int, over: bool
-    ) -> None:
-        self.counters(rule, detail).record(cost, capacity, remaining, over, rule.shadow_mode)
-
     def counters(self, rule: Rule, detail: str) -> RuleCounters:
         """The counters `rule` counts in; `detail`, the request's values, for a
         `detailed_metric` rule. A caller may keep them for as long as the rule is current."""

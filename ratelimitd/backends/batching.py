@@ -68,12 +68,11 @@ class Batcher(Generic[Item, Result]):
         self._waiting_out_stall = False  # the flush above waits for the batch out to stall
         self.delay_s = delay_s
         self.stall_s = stall_s
-        self._last_batch_size = 0
         self._last_sent = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         # the largest of the last batches: a batch waiting out `delay_s` for company leaves
         # as soon as it has that much, without waiting out the rest of the delay
-        self._recent_sizes: deque[int] = deque(maxlen=RECENT_BATCHES)
+        self._recent_sizes: deque[int] = deque([0], maxlen=RECENT_BATCHES)  # last one last
         self._company = 0
         self._gathering = False  # the flush handle waits for company, nothing else
 
@@ -103,7 +102,7 @@ class Batcher(Generic[Item, Result]):
             stalled_in = self._last_sent + self.stall_s - loop.time()
             self._waiting_out_stall = stalled_in > self.delay_s
             self._flush_handle = loop.call_later(max(stalled_in, self.delay_s), self._flush)
-        elif self.delay_s and self._last_batch_size > 1 and len(self._pending) < self._company:
+        elif self.delay_s and self._recent_sizes[-1] > 1 and len(self._pending) < self._company:
             self._gathering = True
             self._flush_handle = loop.call_later(self.delay_s, self._flush)
         else:
@@ -118,10 +117,9 @@ class Batcher(Generic[Item, Result]):
         batch = self._pending[: self.max_batch]
         del self._pending[: self.max_batch]
         batch = [entry for entry in batch if not entry[1].done()]
-        self._last_batch_size = len(batch)
+        self._recent_sizes.append(len(batch))
+        self._company = max(self._recent_sizes)
         if batch:
-            self._recent_sizes.append(len(batch))
-            self._company = max(self._recent_sizes)
             self._last_sent = loop.time()
             task = loop.create_task(self._run(batch))
             self._tasks.add(task)

@@ -5,20 +5,19 @@ from __future__ import annotations
 import math
 
 from envoy.service.ratelimit.v3 import rls_pb2
-from google.protobuf.message import DecodeError
 
 from ratelimitd.errors import InvalidRequest
 from ratelimitd.model import Code, Decision, Descriptor, LimitOverride, Request, Unit
+from ratelimitd.server.handlers import Malformed, parse_message
 
 _OVERRIDE_UNITS = {unit.value: unit for unit in Unit}
 
 
 def request_from_bytes(body: bytes) -> Request:
     """An encoded `RateLimitRequest`; one that does not parse is an `InvalidRequest`."""
-    try:
-        message = rls_pb2.RateLimitRequest.FromString(body)
-    except (DecodeError, RuntimeError, ValueError) as exc:
-        raise InvalidRequest(f"malformed request: {str(exc) or type(exc).__name__}") from exc
+    message = parse_message(rls_pb2.RateLimitRequest, body)
+    if isinstance(message, Malformed):
+        raise InvalidRequest(message.message)
     return request_from_proto(message)
 
 

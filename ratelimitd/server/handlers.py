@@ -8,6 +8,7 @@ INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,15 +23,20 @@ class Malformed:
 
     error: str
 
+    @property
+    def message(self) -> str:
+        return f"malformed request: {self.error}"
+
+
+def parse_message(message_type: type[Message], data: bytes) -> Message | Malformed:
+    try:
+        return message_type.FromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        return Malformed(str(exc) or type(exc).__name__)
+
 
 def _safe(message_type: type[Message]) -> Callable[[bytes], Message | Malformed]:
-    def parse(data: bytes) -> Message | Malformed:
-        try:
-            return message_type.FromString(data)
-        except (DecodeError, RuntimeError, ValueError) as exc:
-            return Malformed(str(exc) or type(exc).__name__)
-
-    return parse
+    return functools.partial(parse_message, message_type)
 
 
 def register_service(
@@ -58,4 +64,4 @@ def register_service(
 
 async def refuse_malformed(request: object, context: grpc.aio.ServicerContext) -> None:
     if isinstance(request, Malformed):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.error}")
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)

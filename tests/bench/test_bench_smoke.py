@@ -106,3 +106,28 @@ def test_floors_judge_ratios() -> None:
     assert floors.throughput(points, [1]).verdict == "PASS"  # 2500 / 3000 at c=16
     assert floors.round_trips(points, [1]).verdict == "FAIL"  # 0.3 > 0.25
     assert floors.half_peak_latency(points, [1]).verdict == "N/A"
+
+
+def test_rounds_interleave_across_targets_in_alternating_order() -> None:
+    from bench import measure
+
+    ran: list[tuple[str, int]] = []
+
+    class Recorder:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def run_round(self, spec: int) -> None:
+            ran.append((self.name, spec))
+
+        def point(self) -> str:
+            return self.name
+
+    recorders = [Recorder("a"), Recorder("b"), Recorder("c")]
+    points = measure.run_interleaved(recorders, [[0, 1, 2], [0, 1, 2], [0, 1]])  # type: ignore[arg-type]
+    assert points == ["a", "b", "c"]
+    assert ran == [
+        ("a", 0), ("b", 0), ("c", 0),
+        ("c", 1), ("b", 1), ("a", 1),
+        ("a", 2), ("b", 2),
+    ]  # fmt: skip
