@@ -23,6 +23,7 @@ from ratelimitd.config import RateLimitConfig, load_config
 from ratelimitd.config.reloader import ConfigReloader
 from ratelimitd.limiter import Bounds, Limiter, LimiterOptions
 from ratelimitd.logs import get_logger
+from ratelimitd.loops import loop_name
 from ratelimitd.server.admin_service import SERVICE_NAME as ADMIN_SERVICE
 from ratelimitd.server.admin_service import AdminServicer
 from ratelimitd.server.batch_service import SERVICE_NAME as BATCH_SERVICE
@@ -203,6 +204,7 @@ class App:
             tls=bool(settings.tls_cert),
             mtls=bool(settings.tls_client_ca),
             backend=self.backend.description,
+            event_loop=loop_name(loop),
         )
 
     async def _check_backend(self) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from ratelimitd import logs, query
 from ratelimitd.config import load_config
 from ratelimitd.errors import ConfigError
+from ratelimitd.loops import loop_factory
 from ratelimitd.settings import Settings
 
 
@@ -70,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return supervise(settings)
     try:
-        asyncio.run(_serve(settings))
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            runner.run(_serve(settings))
     except ConfigError as exc:
         _print_errors(exc)
         return 1

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ratelimitd.errors import ConfigError
+from ratelimitd.loops import EVENT_LOOPS
 
 ENV_PREFIX = "RATELIMITD_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -27,7 +28,7 @@ class Settings:
     log_level: str = "info"
     redis_url: str = ""
     redis_timeout_ms: int = 100
-    redis_batch_delay_us: int = 1000
+    redis_batch_delay_us: int = 1500
     redis_tls_ca: str = ""
     redis_tls_cert: str = ""
     redis_tls_key: str = ""
@@ -45,6 +46,7 @@ class Settings:
     tls_key: str = ""
     tls_client_ca: str = ""
     workers: int = 1
+    event_loop: str = "auto"
     reuse_port: bool = False  # set for worker processes sharing the ports
 
     def read_admin_token(self) -> str:
@@ -93,6 +95,11 @@ class Settings:
         if self.tls_client_ca and not self.tls_cert:
             problems.append(
                 "RATELIMITD_TLS_CLIENT_CA: needs RATELIMITD_TLS_CERT and RATELIMITD_TLS_KEY"
+            )
+        if self.event_loop not in EVENT_LOOPS:
+            problems.append(
+                f"RATELIMITD_EVENT_LOOP: expected one of {', '.join(EVENT_LOOPS)}, "
+                f"got '{self.event_loop}'"
             )
         if self.workers < 1:
             problems.append(f"RATELIMITD_WORKERS: must be at least 1, got {self.workers}")

@@ -225,3 +225,31 @@ async def test_two_workers_share_the_port_and_their_metrics_sum(
 
 def test_free_port_is_free() -> None:
     assert free_port() > 0
+
+
+@pytest.mark.parametrize("choice, loop", [(None, "uvloop"), ("asyncio", "asyncio")])
+async def test_serves_on_uvloop_unless_told_otherwise(
+    tmp_path: Path, redis_server: RedisServer, choice: str | None, loop: str
+) -> None:
+    env = {"RATELIMITD_REDIS_URL": redis_server.url, "RATELIMITD_EVENT_LOOP": choice}
+    with ServiceProcess(write_rules(tmp_path), env) as service:
+        codes = [await check(service.target, [("tight", loop)]) for _ in range(3)]
+        assert codes == [OK, OK, OVER]
+        assert f"event_loop={loop}" in service.log()
+
+
+def test_an_unknown_event_loop_stops_startup_with_the_reason(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "ratelimitd", "serve", "--config", str(write_rules(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "RATELIMITD_EVENT_LOOP": "tokio"},
+    )
+    assert result.returncode == 2
+    assert "RATELIMITD_EVENT_LOOP: expected one of auto, uvloop, asyncio, got 'tokio'" in (
+        result.stderr
+    )

@@ -15,6 +15,7 @@ from ratelimitd.backends.redis import RedisBackend
 from ratelimitd.backends.redis_client import RedisOptions
 from ratelimitd.clock import FakeClock
 from ratelimitd.limiter import Limiter, LimiterOptions
+from ratelimitd.loops import loop_factory
 from ratelimitd.model import Code, Limit, Unit
 from tests.helpers import config
 from tests.helpers import request as make_request
@@ -264,3 +265,23 @@ async def test_local_cache_answers_denials_without_a_round_trip(
         # another key still goes to Redis
         assert (await stub.ShouldRateLimit(rl_request([("tight", "other")]))).overall_code == OK
         assert backend.round_trips == trips + 1
+
+
+def test_the_lean_connection_runs_on_uvloop(redis_server: RedisServer) -> None:
+    """`serve` runs on uvloop, whose transports are not asyncio.Transport subclasses."""
+
+    async def decide_four_times() -> list[Code]:
+        backend = backend_for(redis_server.url)
+        assert backend.fast is not None  # the lean connection, not redis-py
+        limiter = Limiter(config(RULES), backend, LimiterOptions(key_prefix="uvloop:"))
+        try:
+            return [
+                (await limiter.should_rate_limit(make_request("edge", [("tight", "u")]))).overall
+                for _ in range(4)
+            ]
+        finally:
+            await backend.close()
+
+    with asyncio.Runner(loop_factory=loop_factory("uvloop")) as runner:
+        codes = runner.run(decide_four_times())
+    assert codes == [Code.OK, Code.OK, Code.OK, Code.OVER_LIMIT]

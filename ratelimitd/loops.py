@@ -1,0 +1,46 @@
+"""Which asyncio event loop `serve` runs on (`RATELIMITD_EVENT_LOOP`).
+
+uvloop (libuv, in C) runs the loop's own work — polling, callbacks, socket reads and writes —
+without Python. grpc.aio wakes the loop several times per call (its completion-queue poller
+hands events over through a socket), and the Redis connection reads and writes on it, so the
+loop's cost is a fair share of a decision: with uvloop the service spent about a tenth less
+CPU per call (bench/README.md). "auto" takes uvloop when it is installed (it is a dependency
+on Linux and macOS) and asyncio's own loop otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import Callable
+
+from ratelimitd.errors import ConfigError
+
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+def uvloop_available() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def loop_factory(choice: str) -> LoopFactory:
+    """The factory for `choice`, one of EVENT_LOOPS."""
+    if choice not in EVENT_LOOPS:
+        raise ConfigError(
+            [f"RATELIMITD_EVENT_LOOP: expected one of {', '.join(EVENT_LOOPS)}, got '{choice}'"]
+        )
+    if choice == "asyncio" or (choice == "auto" and not uvloop_available()):
+        return asyncio.new_event_loop
+    try:
+        import uvloop
+    except ImportError:
+        raise ConfigError(
+            ["RATELIMITD_EVENT_LOOP=uvloop: uvloop is not installed (pip install uvloop)"]
+        ) from None
+    return uvloop.new_event_loop
+
+
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """The name of `loop`'s kind (uvloop or asyncio), for the startup log."""
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
