@@ -125,12 +125,10 @@ class Batcher(Generic[Item, Result]):
         self._company = max(self._recent_sizes)
         if batch:
             self._last_sent = loop.time()
-            task = loop.create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
+            timer = None
             if batch[0][2] < math.inf:  # the oldest first: its deadline is the batch's
                 timer = loop.call_at(batch[0][2], _expire, batch, self.timeout_s)
-                task.add_done_callback(lambda _: timer.cancel())
+            self._tasks.add(loop.create_task(self._run(batch, timer)))
         if self._pending:
             self._schedule(loop)
 
@@ -150,8 +148,8 @@ class Batcher(Generic[Item, Result]):
         if self._pending:
             self._schedule(loop)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    def _finished(self) -> None:
+        """A batch is back: what waited for it may go."""
         if self._waiting_out_stall and self._flush_handle is not None:
             self._flush_handle.cancel()  # what waited for this batch may go now
             self._flush_handle = None
@@ -160,17 +158,30 @@ class Batcher(Generic[Item, Result]):
             assert self._loop is not None
             self._schedule(self._loop)
 
-    async def _run(self, batch: list[_Entry[Item, Result]]) -> None:
+    async def _run(
+        self, batch: list[_Entry[Item, Result]], timer: asyncio.TimerHandle | None
+    ) -> None:
+        # The batch counts as out until its results are handed over, and no longer: its
+        # callers, woken by them, may submit again at once, and must find it back (a done
+        # callback on the task would run only after them, and they would wait out a delay
+        # meant for a batch still out).
         try:
             results = await self._send([item for item, _, _ in batch])
         except Exception as exc:
             for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(exc)
-            return
-        for (_, future, _), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+        else:
+            for (_, future, _), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            task = asyncio.current_task()
+            assert task is not None
+            self._tasks.discard(task)
+            self._finished()
 
     async def close(self) -> None:
         if self._queue_timer is not None:
@@ -182,6 +193,9 @@ class Batcher(Generic[Item, Result]):
         for _, future, _ in self._pending:
             future.cancel()
         self._pending.clear()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
 
 
 def _expire(batch: list[_Entry[Item, Result]], timeout_s: float | None) -> None:

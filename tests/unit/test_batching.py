@@ -40,6 +40,23 @@ async def test_a_lone_call_is_not_delayed() -> None:
     assert recorder.batches == [[0], [1], [2]]
 
 
+async def test_a_caller_answered_may_submit_again_at_once() -> None:
+    """Its batch counts as back as soon as the answers are handed over.
+
+    Awaiting the future itself, as the backend does, the caller runs again before any done
+    callback of the batch's task: it used to find the batch still out and wait out the delay.
+    """
+    recorder = Recorder()
+    recorder.release.set()
+    batcher: Batcher[int, int] = Batcher(recorder.send, delay_s=60)
+
+    async def caller() -> list[int]:
+        return [await batcher.submit(n) for n in range(3)]
+
+    assert await asyncio.wait_for(caller(), 5) == [0, 10, 20]
+    assert recorder.batches == [[0], [1], [2]]
+
+
 async def test_cancelled_work_is_never_sent() -> None:
     recorder = Recorder()
     batcher: Batcher[int, int] = Batcher(recorder.send, delay_s=0)
