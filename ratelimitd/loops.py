@@ -24,12 +24,18 @@ def uvloop_available() -> bool:
     return importlib.util.find_spec("uvloop") is not None
 
 
+def unknown_loop(choice: str) -> str | None:
+    """The error for a `choice` not in EVENT_LOOPS, or None."""
+    if choice in EVENT_LOOPS:
+        return None
+    return f"RATELIMITD_EVENT_LOOP: expected one of {', '.join(EVENT_LOOPS)}, got '{choice}'"
+
+
 def loop_factory(choice: str) -> LoopFactory:
     """The factory for `choice`, one of EVENT_LOOPS."""
-    if choice not in EVENT_LOOPS:
-        raise ConfigError(
-            [f"RATELIMITD_EVENT_LOOP: expected one of {', '.join(EVENT_LOOPS)}, got '{choice}'"]
-        )
+    problem = unknown_loop(choice)
+    if problem:
+        raise ConfigError([problem])
     if choice == "asyncio" or (choice == "auto" and not uvloop_available()):
         return asyncio.new_event_loop
     try:

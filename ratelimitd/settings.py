@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ratelimitd.errors import ConfigError
-from ratelimitd.loops import EVENT_LOOPS
+from ratelimitd.loops import unknown_loop
 
 ENV_PREFIX = "RATELIMITD_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -96,11 +96,9 @@ class Settings:
             problems.append(
                 "RATELIMITD_TLS_CLIENT_CA: needs RATELIMITD_TLS_CERT and RATELIMITD_TLS_KEY"
             )
-        if self.event_loop not in EVENT_LOOPS:
-            problems.append(
-                f"RATELIMITD_EVENT_LOOP: expected one of {', '.join(EVENT_LOOPS)}, "
-                f"got '{self.event_loop}'"
-            )
+        loop_problem = unknown_loop(self.event_loop)
+        if loop_problem:
+            problems.append(loop_problem)
         if self.workers < 1:
             problems.append(f"RATELIMITD_WORKERS: must be at least 1, got {self.workers}")
         if self.workers > 1 and not self.redis_url:

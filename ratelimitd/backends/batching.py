@@ -15,7 +15,7 @@ and 0.84x the calls/s of an empty gRPC server, 1 to 1.2 ms about 0.09 and 0.84-0
 to 2 ms lost again at 16 streams, where added latency caps a closed loop (those on asyncio's
 loop). On uvloop, whose timers count whole milliseconds, 1 ms fired 0-1 ms after it was set
 and batches shrank (0.22-0.25 round trips per decision at 64 streams); 1.5 ms is a 2 ms
-timer there, firing 1-2 ms later: 0.08-0.10 round trips, and at 16 streams 0.96-1.20x the
+timer there, firing 1-2 ms later: 0.08-0.12 round trips, and at 16 streams 0.96-1.20x the
 empty server's calls/s, against 0.82-0.92x with 1 ms. The delay applies
 only under load: while a batch is out, or after a batch that had company. Calls one at a time
 (a lone caller, low concurrency) leave at the next event-loop step and pay nothing. And a
