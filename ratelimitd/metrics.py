@@ -144,7 +144,7 @@ class HistogramTally:
     buckets on every call, and every call observes its latency.
 
     Flushing adds the counts to the series' own buckets and sum (prometheus-client's
-    `_buckets`, `_sum`, `_upper_bounds`, unchanged since its 0.4); tests/unit/test_metrics.py
+    `_buckets`, `_sum`, `_upper_bounds`, unchanged since its 0.4); tests/unit/test_metrics_tally.py
     checks that the result equals `observe`'s."""
 
     __slots__ = ("__weakref__", "bounds", "child", "counts", "total")
