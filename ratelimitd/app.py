@@ -10,7 +10,7 @@ import signal
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from ratelimitd import metrics
 from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2 as admin_pb2
@@ -30,6 +30,7 @@ from ratelimitd.server.batch_service import SERVICE_NAME as BATCH_SERVICE
 from ratelimitd.server.batch_service import BatchServicer
 from ratelimitd.server.encode import ResponseEncoder
 from ratelimitd.server.grpc_service import RateLimitServicer
+from ratelimitd.server.h2.server import Http2Server
 from ratelimitd.server.handlers import register_service
 from ratelimitd.server.http import HttpServer
 from ratelimitd.server.http_api import routes
@@ -98,7 +99,7 @@ class App:
         self.encoder = ResponseEncoder()
         self.reloader = ConfigReloader([settings.config], self.apply_config, settings.config_poll_s)
         self.health = health.aio.HealthServicer()
-        self.grpc_server: grpc.aio.Server | None = None
+        self.grpc_server: grpc.aio.Server | Http2Server | None = None
         self.http_server = HttpServer(routes(self.limiter, self.healthy))
         self.grpc_port = 0
         self.http_port = 0
@@ -120,18 +121,7 @@ class App:
 
     async def start(self) -> None:
         settings = self.settings
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", settings.max_message_bytes),
-                # several worker processes share the port; a lone process must not
-                ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
-                # let long-lived client channels (Envoy's, ratelimitd_client's) keep alive
-                # with pings every 10 s or more, even between calls, without a GOAWAY
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-                ("grpc.http2.max_ping_strikes", 0),
-            ]
-        )
+        server = self._new_grpc_server()
         # bytes both ways: the servicers parse and encode themselves (grpc_service.py)
         register_service(
             server,
@@ -156,27 +146,19 @@ class App:
             },
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                ENVOY_SERVICE,
-                BATCH_SERVICE,
-                ADMIN_SERVICE,
-                health.SERVICE_NAME,
-                reflection.SERVICE_NAME,
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(
+                (
+                    ENVOY_SERVICE,
+                    BATCH_SERVICE,
+                    ADMIN_SERVICE,
+                    health.SERVICE_NAME,
+                    reflection.SERVICE_NAME,
+                )
             ),
             server,
         )
-        address = f"{settings.host}:{settings.grpc_port}"
-        if settings.tls_cert:
-            credentials = ReloadingCredentials(
-                settings.tls_cert, settings.tls_key, settings.tls_client_ca
-            )
-            self.grpc_port = server.add_secure_port(address, credentials.server_credentials())
-        else:
-            self.grpc_port = server.add_insecure_port(address)
-        if self.grpc_port == 0:
-            raise OSError(f"cannot listen for gRPC on {address}")
-        await server.start()
+        self.grpc_port = await self._listen_grpc(server)
         self.grpc_server = server
         self.http_port = await self.http_server.start(
             settings.host, settings.http_port, reuse_port=settings.reuse_port
@@ -205,7 +187,50 @@ class App:
             mtls=bool(settings.tls_client_ca),
             backend=self.backend.description,
             event_loop=loop_name(loop),
+            grpc_server=settings.grpc_server,
         )
+
+    def _new_grpc_server(self) -> grpc.aio.Server | Http2Server:
+        settings = self.settings
+        if settings.grpc_server == "native":
+            return Http2Server(settings.max_message_bytes)
+        return grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                # several worker processes share the port; a lone process must not
+                ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
+                # let long-lived client channels (Envoy's, ratelimitd_client's) keep alive
+                # with pings every 10 s or more, even between calls, without a GOAWAY
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+                ("grpc.http2.max_ping_strikes", 0),
+            ]
+        )
+
+    async def _listen_grpc(self, server: grpc.aio.Server | Http2Server) -> int:
+        """Binds and starts the gRPC server; returns its port."""
+        settings = self.settings
+        credentials = None
+        if settings.tls_cert:
+            credentials = ReloadingCredentials(
+                settings.tls_cert, settings.tls_key, settings.tls_client_ca
+            )
+        if isinstance(server, Http2Server):
+            return await server.start(
+                settings.host,
+                settings.grpc_port,
+                reuse_port=settings.reuse_port,
+                ssl_context=credentials.ssl_context() if credentials else None,
+            )
+        address = f"{settings.host}:{settings.grpc_port}"
+        if credentials:
+            port = server.add_secure_port(address, credentials.server_credentials())
+        else:
+            port = server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen for gRPC on {address}")
+        await server.start()
+        return int(port)
 
     async def _check_backend(self) -> None:
         """Sets gRPC health from the backend's answer, logging each change."""

@@ -15,6 +15,7 @@ ENV_PREFIX = "RATELIMITD_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 BACKEND_FAILURE_MODES = ("error", "allow", "deny")
+GRPC_SERVERS = ("native", "grpcio")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Settings:
     tls_client_ca: str = ""
     workers: int = 1
     event_loop: str = "auto"
+    grpc_server: str = "native"
     reuse_port: bool = False  # set for worker processes sharing the ports
 
     def read_admin_token(self) -> str:
@@ -95,6 +97,11 @@ class Settings:
         if self.tls_client_ca and not self.tls_cert:
             problems.append(
                 "RATELIMITD_TLS_CLIENT_CA: needs RATELIMITD_TLS_CERT and RATELIMITD_TLS_KEY"
+            )
+        if self.grpc_server not in GRPC_SERVERS:
+            problems.append(
+                f"RATELIMITD_GRPC_SERVER: expected one of {', '.join(GRPC_SERVERS)}, "
+                f"got '{self.grpc_server}'"
             )
         loop_problem = unknown_loop(self.event_loop)
         if loop_problem:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -39,8 +39,16 @@ def _safe(message_type: type[Message]) -> Callable[[bytes], Message | Malformed]
     return functools.partial(parse_message, message_type)
 
 
+class MethodRegistry(Protocol):
+    """What both gRPC servers (grpc.aio's and server/h2's) take handlers with."""
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None: ...
+
+
 def register_service(
-    server: grpc.aio.Server,
+    server: MethodRegistry,
     service_name: str,
     servicer: object,
     methods: dict[str, tuple[type[Message] | None, type[Message] | None]],

@@ -1,0 +1,1 @@
+"""ratelimitd's own gRPC server over HTTP/2 (see server.py for why)."""
