@@ -1,10 +1,10 @@
 """Which asyncio event loop `serve` runs on (`RATELIMITD_EVENT_LOOP`).
 
 uvloop (libuv, in C) runs the loop's own work — polling, callbacks, socket reads and writes —
-without Python. grpc.aio wakes the loop several times per call (its completion-queue poller
-hands events over through a socket), and the Redis connection reads and writes on it, so the
-loop's cost is a fair share of a decision: with uvloop the service spent about a tenth less
-CPU per call (bench/README.md). "auto" takes uvloop when it is installed (it is a dependency
+without Python. Both gRPC servers and the Redis connection read and write on it, so the
+loop's cost is a fair share of a decision: on grpc.aio (which also wakes the loop several
+times per call from its poller thread) the service spent about a tenth less CPU per call
+with uvloop (bench/README.md). "auto" takes uvloop when it is installed (it is a dependency
 on Linux and macOS) and asyncio's own loop otherwise.
 """
 

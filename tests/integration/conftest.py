@@ -20,13 +20,20 @@ StartServer = Callable[..., Coroutine[Any, Any, App]]
 
 
 @pytest.fixture
-async def start_server() -> AsyncIterator[StartServer]:
+def grpc_server() -> str:
+    """Which gRPC server `start_server` runs (a module may parametrize it over both)."""
+    return "native"
+
+
+@pytest.fixture
+async def start_server(grpc_server: str) -> AsyncIterator[StartServer]:
     """Starts servers on free loopback ports; every one is stopped after the test."""
     apps: list[App] = []
 
     async def start(
         rules: str, backend: Backend | None = None, clock: FakeClock | None = None, **settings: Any
     ) -> App:
+        settings.setdefault("grpc_server", grpc_server)
         app = App(
             Settings(host="127.0.0.1", grpc_port=0, http_port=0, **settings),
             config=config(rules),

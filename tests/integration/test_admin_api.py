@@ -1,4 +1,5 @@
-"""ratelimitd's own admin API on a real server, on memory and on real Redis."""
+"""ratelimitd's own admin API on a real server, on memory and on real Redis, on both gRPC
+servers."""
 
 from __future__ import annotations
 
@@ -51,6 +52,11 @@ def admin_descriptors(*entries_list: list[tuple[str, str]]) -> list[pb.Descripto
         pb.Descriptor(entries=[pb.Entry(key=k, value=v) for k, v in entries])
         for entries in entries_list
     ]
+
+
+@pytest.fixture(params=["native", "grpcio"])
+def grpc_server(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture(params=["memory", "redis"])

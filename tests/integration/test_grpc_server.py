@@ -1,4 +1,4 @@
-"""ShouldRateLimit over a real gRPC connection, as Envoy calls it."""
+"""ShouldRateLimit over a real gRPC connection, as Envoy calls it, on both gRPC servers."""
 
 from __future__ import annotations
 
@@ -52,6 +52,12 @@ def rl_request(
         for d in descriptors
     ]
     return rls_pb2.RateLimitRequest(domain=domain, descriptors=built, hits_addend=hits)
+
+
+@pytest.fixture(params=["native", "grpcio"])
+def grpc_server(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on ratelimitd's own server and on grpc.aio."""
+    return str(request.param)
 
 
 @pytest.fixture

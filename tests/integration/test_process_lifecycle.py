@@ -15,6 +15,8 @@ import pytest
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from ratelimitd.errors import ConfigError
+from ratelimitd.settings import Settings
 from tests.integration.test_grpc_server import OK, OVER, rl_request
 from tests.servers.certs import make_certs
 from tests.servers.redis import RedisServer, free_port
@@ -236,6 +238,25 @@ async def test_serves_on_uvloop_unless_told_otherwise(
         codes = [await check(service.target, [("tight", loop)]) for _ in range(3)]
         assert codes == [OK, OK, OVER]
         assert f"event_loop={loop}" in service.log()
+
+
+@pytest.mark.parametrize("choice, server", [(None, "native"), ("grpcio", "grpcio")])
+async def test_serves_grpc_natively_unless_told_otherwise(
+    tmp_path: Path, redis_server: RedisServer, choice: str | None, server: str
+) -> None:
+    env = {"RATELIMITD_REDIS_URL": redis_server.url, "RATELIMITD_GRPC_SERVER": choice}
+    with ServiceProcess(write_rules(tmp_path), env) as service:
+        codes = [await check(service.target, [("tight", server)]) for _ in range(3)]
+        assert codes == [OK, OK, OVER]
+        assert f"grpc_server={server}" in service.log()
+
+
+def test_an_unknown_grpc_server_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"RATELIMITD_GRPC_SERVER": "tonic"})
+    assert caught.value.errors == [
+        "RATELIMITD_GRPC_SERVER: expected one of native, grpcio, got 'tonic'"
+    ]
 
 
 def test_an_unknown_event_loop_stops_startup_with_the_reason(tmp_path: Path) -> None:
