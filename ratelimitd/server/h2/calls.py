@@ -202,9 +202,7 @@ class Calls:
                 connection.finish(stream, _status(message.code, message.details))
                 return
             request = message
-        stream.task = asyncio.get_running_loop().create_task(
-            self._run(connection, stream, handler, request)
-        )
+        stream.task = connection.loop.create_task(self._run(connection, stream, handler, request))
 
     def feed(self, connection: Connection, stream: Stream) -> None:
         """Hands a streaming request's complete messages to its handler."""

@@ -108,7 +108,7 @@ class Connection(asyncio.Protocol):
         self._blocked: set[Stream] = set()
         self._out: list[bytes] = []
         self._flush_scheduled = False
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()  # kept: each asking costs a getpid system call
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -362,7 +362,7 @@ class Connection(asyncio.Protocol):
         self._out.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -467,7 +467,7 @@ class Connection(asyncio.Protocol):
         if not self.streams:
             self.idle.set()
             if self.draining and self.transport is not None:
-                self._loop.call_soon(self.close)
+                self.loop.call_soon(self.close)
 
     # -- the connection as a whole --------------------------------------------------------
 
@@ -478,7 +478,7 @@ class Connection(asyncio.Protocol):
         self.draining = True
         self._write(f.goaway(self.last_stream_id, f.NO_ERROR, "server shutting down"))
         if not self.streams:
-            self._loop.call_soon(self.close)
+            self.loop.call_soon(self.close)
 
     def close(self) -> None:
         if self.transport is not None:

@@ -1,10 +1,11 @@
 """Header blocks: requests' decoded with `hpack` (remembered), responses' written by hand.
 
 A client keeps sending the same headers on a connection, and after the first call its HPACK
-encoder sends them as indices into its dynamic table: the same few bytes each time. A block
-made of indices only cannot change the table, so its decoding holds until some other block
-changes the table; those are remembered per connection, which saves `hpack`'s pure-Python
-decoder on nearly every call (Envoy's and h2load's blocks are all indices after the first).
+encoder sends them as indices into its dynamic table or as literals it chose not to index
+(nghttp2 does so with `:path` and `content-length`): the same bytes each time. A block that
+adds nothing to the table decodes the same way until some other block changes the table, so
+those are remembered per connection; that saves `hpack`'s pure-Python decoder (Huffman
+decoding alone was a tenth of the CPU under load) on nearly every call.
 
 Responses never use the dynamic table (literals "without indexing"), so every block here is
 fixed bytes or fixed bytes plus a value; the client's table-size settings do not matter.
@@ -25,19 +26,45 @@ Headers = list[tuple[bytes, bytes]]
 Parsed = TypeVar("Parsed")
 
 
-def only_indices(block: bytes) -> bool:
-    """Whether every field of an HPACK block is an indexed field (RFC 7541 §6.1)."""
-    i, end = 0, len(block)
-    while i < end:
-        first = block[i]
-        if first < 0x80:
-            return False
+def _integer(block: bytes, i: int, prefix_bits: int) -> tuple[int, int]:
+    """An HPACK integer (RFC 7541 §5.1) starting at `i`: its value and the index after it."""
+    mask = (1 << prefix_bits) - 1
+    value = block[i] & mask
+    i += 1
+    if value < mask:
+        return value, i
+    shift = 0
+    while True:
+        byte = block[i]
         i += 1
-        if first & 0x7F == 0x7F:  # the index continues in 7-bit groups
-            while i < end and block[i] & 0x80:
-                i += 1
-            i += 1
-    return True
+        value += (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, i
+
+
+def leaves_table_alone(block: bytes) -> bool:
+    """Whether decoding the block cannot change the dynamic table: it holds only indexed
+    fields and literals "without indexing" or "never indexed" (RFC 7541 §6.1, §6.2.2-3), no
+    literal "with incremental indexing" (§6.2.1) and no table size update (§6.3). A malformed
+    block says False (the decoder then reports it)."""
+    i, end = 0, len(block)
+    try:
+        while i < end:
+            first = block[i]
+            if first & 0x80:  # indexed
+                _, i = _integer(block, i, 7)
+                continue
+            if first & 0xE0:  # 01xxxxxx incremental indexing, 001xxxxx size update
+                return False
+            index, i = _integer(block, i, 4)
+            strings = 1 if index else 2  # the name too, when it is not from a table
+            for _ in range(strings):
+                length, i = _integer(block, i, 7)
+                i += length
+        return i == end
+    except IndexError:
+        return False
 
 
 class RequestHeaders(Generic[Parsed]):
@@ -55,7 +82,7 @@ class RequestHeaders(Generic[Parsed]):
         if parsed is not None:
             return parsed
         parsed = self._parse(self._decoder.decode(block, raw=True))  # type: ignore[arg-type]
-        if only_indices(block):
+        if leaves_table_alone(block):
             if len(self._remembered) >= MAX_REMEMBERED_BLOCKS:
                 self._remembered.clear()
             self._remembered[block] = parsed
