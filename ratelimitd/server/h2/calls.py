@@ -97,7 +97,7 @@ class CallContext:
         return self._stream.head.metadata
 
     def peer(self) -> str:
-        return f"ipv4:{self._connection.peer}"
+        return self._connection.peer
 
     def cancelled(self) -> bool:
         return self._connection.streams.get(self._stream.id) is not self._stream

@@ -62,7 +62,6 @@ class Stream:
         "headers_sent",
         "id",
         "messages",
-        "received",
         "refused",
         "task",
         "trailers",
@@ -75,7 +74,6 @@ class Stream:
         self.id = stream_id
         self.head = head
         self.body = bytearray()
-        self.received = 0  # body bytes so far
         self.unacknowledged = 0  # body bytes not yet given back with a WINDOW_UPDATE
         self.ended = False  # the client sent END_STREAM
         self.refused = False  # answered early (too large, bad message): later data is dropped
@@ -117,7 +115,11 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if isinstance(peer, tuple):  # as grpc names peers
+            host, port = peer[0], peer[1]
+            self.peer = f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+        else:
+            self.peer = str(peer)
         self._write(f.settings(OUR_SETTINGS))
         self._write(f.window_update(0, CONNECTION_WINDOW - f.DEFAULT_WINDOW))
         self._receive_window = CONNECTION_WINDOW
@@ -131,6 +133,16 @@ class Connection(asyncio.Protocol):
         self.idle.set()
         self.transport = None
         self._on_close(self)
+
+    def pause_writing(self) -> None:
+        """The client is not reading its answers: stop reading its requests meanwhile (what
+        is written is bounded by flow control only for DATA, not for headers)."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
@@ -234,6 +246,8 @@ class Connection(asyncio.Protocol):
         head = self._headers.read(block)  # always: the HPACK table must stay in step
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers from the client end its half of the stream
+            if stream.ended:
+                raise f.H2Error(f.STREAM_CLOSED, f"HEADERS after END_STREAM on stream {stream_id}")
             if not flags & f.END_STREAM:
                 raise f.H2Error(f.PROTOCOL_ERROR, "a second header block without END_STREAM")
             self._end_of_request(stream)
@@ -275,8 +289,8 @@ class Connection(asyncio.Protocol):
             raise f.H2Error(f.STREAM_CLOSED, f"DATA after END_STREAM on stream {stream_id}")
         data = self._unpad(flags, payload)
         if not stream.refused:
-            stream.received += len(data)
-            if stream.received > self.calls.max_message + 5:
+            # a unary request's whole body, a streaming one's message in progress
+            if len(stream.body) + len(data) > self.calls.max_message + 5:
                 self.calls.too_large(self, stream)
             else:
                 stream.body += data
