@@ -261,6 +261,7 @@ class Connection(asyncio.Protocol):
             self._write(f.rst_stream(stream_id, f.REFUSED_STREAM))
             return
         stream = Stream(stream_id, head, self._peer_initial_window)
+        stream.ended = bool(flags & f.END_STREAM)  # so that a refusal needs no RST_STREAM
         self.streams[stream_id] = stream
         self.idle.clear()
         if head.refusal is not None:
