@@ -29,7 +29,7 @@ class Settings:
     log_level: str = "info"
     redis_url: str = ""
     redis_timeout_ms: int = 100
-    redis_batch_delay_us: int = 1500
+    redis_batch_delay_us: int = 500
     redis_tls_ca: str = ""
     redis_tls_cert: str = ""
     redis_tls_key: str = ""

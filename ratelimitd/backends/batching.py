@@ -6,17 +6,16 @@ leaves together, as one batch, as soon as it comes back. When a batch has been o
 waiting for it, up to `max_in_flight` at once, so a slow round trip never holds the calls
 behind it past their timeout; pipelining them costs more round trips only while it lasts.
 
-Under load, a batch also waits `delay_s` (1.5 ms for Redis, `RATELIMITD_REDIS_BATCH_DELAY_US`)
+Under load, a batch also waits `delay_s` (0.5 ms for Redis, `RATELIMITD_REDIS_BATCH_DELAY_US`)
 for company before it leaves: each round trip costs a write, an event-loop wake-up and a read,
 system calls that cost far more here than the commands themselves, so fewer, fuller batches
-cost less CPU per decision. Measured with h2load at 16 and 64 streams on 2 shared cores:
-without the delay 0.85 round trips per decision and 50 % more CPU per call; 0.5 ms gave 0.18
-and 0.84x the calls/s of an empty gRPC server, 1 to 1.2 ms about 0.09 and 0.84-0.93x, 1.5
-to 2 ms lost again at 16 streams, where added latency caps a closed loop (those on asyncio's
-loop). On uvloop, whose timers count whole milliseconds, 1 ms fired 0-1 ms after it was set
-and batches shrank (0.22-0.25 round trips per decision at 64 streams); 1.5 ms is a 2 ms
-timer there, firing 1-2 ms later: 0.08-0.12 round trips, and at 16 streams 0.96-1.20x the
-empty server's calls/s, against 0.82-0.92x with 1 ms. The delay applies
+cost less CPU per decision. How long pays depends on what else a call costs. On grpc.aio
+(150-200 µs of Python per call) 1.5 ms was best (a 2 ms timer on uvloop, whose timers count
+whole milliseconds). With ratelimitd's own HTTP/2 server (about 25 µs per call) the wait
+itself showed: at half of the peak rate (64 streams, paced, three descriptors) 1.5 ms gave a
+p50 of 3.8-4.2 ms and a p99 of 6.7-7.4 ms, 0.5 ms (a 1 ms timer on uvloop) 1.1-1.3 ms and
+3.2-4.0 ms, no delay 1.5-1.6 ms and 4.3-4.6 ms, with the same peak calls/s within noise and
+0.012-0.055 round trips per decision at 64 streams (bench/README.md, step 12). The delay applies
 only under load: while a batch is out, or after a batch that had company. Calls one at a time
 (a lone caller, low concurrency) leave at the next event-loop step and pay nothing. And a
 batch waiting for company leaves as soon as it holds as many as the largest of the last 8
@@ -57,7 +56,7 @@ class Batcher(Generic[Item, Result]):
         send: Callable[[Sequence[Item]], Awaitable[Sequence[Result]]],
         max_in_flight: int = 16,
         max_batch: int = 1024,
-        delay_s: float = 0.0015,
+        delay_s: float = 0.0005,
         stall_s: float = 0.002,
         timeout_s: float | None = None,
     ) -> None:

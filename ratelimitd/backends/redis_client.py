@@ -29,7 +29,7 @@ class RedisOptions:
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
-    batch_delay_s: float = 0.0015
+    batch_delay_s: float = 0.0005
     max_in_flight: int | None = None  # batches out at once per node; None: 16 lean, 4 redis-py
 
 
