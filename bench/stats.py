@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 
@@ -53,11 +54,15 @@ def scrape_metrics(url: str) -> Counters:
 
     Counter samples keep their `_total` name; an unreachable endpoint gives {}.
     """
-    try:
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            text = reply.read().decode()
-    except OSError:
-        return {}
+    for attempt in range(3):  # a busy worker may drop one scrape; a missing window is worse
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                text = reply.read().decode()
+            break
+        except OSError:
+            if attempt == 2:
+                return {}
+            time.sleep(0.1)
     samples: Counters = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -52,8 +52,9 @@ def test_quick_run_measures_every_target(tmp_path: Path) -> None:
         assert (point["backend_errors"] or 0) < point["calls"] / 2, point
     by_target = {p["target"]: p for p in sweep}
     for name in ("rl-redis", "rl-redis-w2", "rl-cluster"):
-        assert by_target[name]["round_trips_per_decision"] is not None, by_target[name]
-        assert by_target[name]["evalsha_per_decision"] is not None, by_target[name]
+        seen = json.dumps(by_target[name])  # the whole point: pytest shortens a dict
+        assert by_target[name]["round_trips_per_decision"] is not None, seen
+        assert by_target[name]["evalsha_per_decision"] is not None, seen
     assert any(p["load"] == "half-peak" for p in results["points"])
     assert results["memory"]["live_keys"] == 2000
     assert [f["verdict"] for f in results["floors"]]  # computed, whatever they say
