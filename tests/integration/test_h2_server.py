@@ -32,6 +32,7 @@ from envoy.service.ratelimit.v3 import rls_pb2
 from grpc_health.v1 import health_pb2
 
 from ratelimitd.server.h2 import frames as f
+from ratelimitd.server.h2.calls import MAX_QUEUED_MESSAGES
 from ratelimitd.server.h2.connection import MAX_STREAMS
 from ratelimitd.server.h2.server import Http2Server
 from tests.integration.conftest import StartServer
@@ -367,6 +368,12 @@ class Service:
             raise
         return b"done"
 
+    async def stalled(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        """A streaming handler that reads none of its requests until `release` is set."""
+        await self.release.wait()
+        async for request in requests:
+            yield request
+
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         behaviours = {
             "Echo": self.echo,
@@ -374,10 +381,12 @@ class Service:
             "Large": self.large,
             "Slow": self.slow,
         }
-        return {
+        handlers = {
             name: grpc.unary_unary_rpc_method_handler(behaviour)
             for name, behaviour in behaviours.items()
         }
+        handlers["Stalled"] = grpc.stream_stream_rpc_method_handler(self.stalled)
+        return handlers
 
 
 @dataclass
@@ -810,3 +819,27 @@ async def test_health_watch_streams_messages_without_ending_the_call(
         health_pb2.HealthCheckResponse.SERVING,
         health_pb2.HealthCheckResponse.NOT_SERVING,
     ]
+
+
+async def test_a_streaming_handler_too_far_behind_is_refused(
+    native: Native, connect: Connect
+) -> None:
+    client = await connect(native.port)
+    stream_id = client.start(f"/{SERVICE}/Stalled")
+    for _ in range(MAX_QUEUED_MESSAGES + 1):
+        client.send(stream_id, grpc_body(b"m"), end_stream=False)
+    response = await client.response(stream_id)
+    assert response.status == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert "behind" in response.blocks[-1]["grpc-message"]
+    assert (await client.call(ECHO, b"still here")).message == b"still here"
+
+
+async def test_a_request_that_does_not_parse_is_invalid_argument(
+    start_server: StartServer, connect: Connect
+) -> None:
+    """A typed method's deserializer fails: the caller's error, answered without a traceback."""
+    app = await start_server(RULES)
+    client = await connect(app.grpc_port)
+    response = await client.call("/grpc.health.v1.Health/Check", b"\xff\xff\xff")
+    assert response.status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert response.blocks[-1]["grpc-message"].startswith("malformed request")

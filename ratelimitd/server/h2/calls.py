@@ -19,12 +19,21 @@ import grpc
 
 from ratelimitd.logs import get_logger
 from ratelimitd.server.h2.connection import Connection, Stream
-from ratelimitd.server.h2.headers import RESPONSE_HEADERS, Headers, http_status, status_fields
+from ratelimitd.server.h2.headers import (
+    RESPONSE_HEADERS,
+    TRAILERS_OK,
+    Headers,
+    http_status,
+    status_fields,
+)
 
 log = get_logger(__name__)
 
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 _NOT_METADATA = (b"content-type", b"te", b"user-agent")
+# a streaming request's messages not yet taken by its handler (flow control is given back as
+# they arrive, so this is what bounds them)
+MAX_QUEUED_MESSAGES = 64
 Metadata = tuple[tuple[str, str | bytes], ...]
 
 
@@ -220,6 +229,14 @@ class Calls:
                     "compressed messages are not accepted",
                 )
                 return
+            if queue.qsize() >= MAX_QUEUED_MESSAGES:
+                self.refuse(
+                    connection,
+                    stream,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the handler is {MAX_QUEUED_MESSAGES} request messages behind",
+                )
+                return
             queue.put_nowait(bytes(body[5 : 5 + size]))
             del body[: 5 + size]
 
@@ -242,9 +259,15 @@ class Calls:
     ) -> None:
         context = CallContext(connection, stream, handler.response_serializer)
         timeout = stream.head.timeout
-        try:
-            if handler.request_deserializer is not None and not handler.request_streaming:
+        if handler.request_deserializer is not None and not handler.request_streaming:
+            try:
                 request = handler.request_deserializer(request)
+            except Exception as exc:  # a garbled request is the caller's error, not ours
+                connection.finish(
+                    stream, _status(grpc.StatusCode.INVALID_ARGUMENT, _malformed(exc))
+                )
+                return
+        try:
             if timeout is None:
                 response = await _invoke(handler, request, context)
             else:
@@ -259,7 +282,7 @@ class Calls:
                     stream, _status(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
                 )
                 return
-            self._unexpected(connection, stream, handler)
+            self._unexpected(connection, stream)
             return
         except asyncio.CancelledError:
             # the client reset the stream (then nothing is sent), or the server is stopping
@@ -268,17 +291,17 @@ class Calls:
             )
             raise
         except Exception:
-            self._unexpected(connection, stream, handler)
+            self._unexpected(connection, stream)
             return
         if context.code() is not grpc.StatusCode.OK:
             connection.finish(stream, _status(context.code(), context.details()))
         elif response is None:
-            connection.finish(stream, _status(grpc.StatusCode.OK, ""))
+            connection.finish(stream, TRAILERS_OK)
         else:
             connection.answer(stream, response)
 
     @staticmethod
-    def _unexpected(connection: Connection, stream: Stream, handler: object) -> None:
+    def _unexpected(connection: Connection, stream: Stream) -> None:
         log.exception("a gRPC handler failed", method=stream.head.path)
         connection.finish(stream, _status(grpc.StatusCode.UNKNOWN, "unexpected server error"))
 
@@ -307,6 +330,10 @@ async def _requests(stream: Stream, deserializer: Any) -> AsyncIterator[Any]:
     assert queue is not None
     while (message := await queue.get()) is not None:
         yield deserializer(message) if deserializer is not None else message
+
+
+def _malformed(exc: Exception) -> str:
+    return f"malformed request: {str(exc) or type(exc).__name__}"
 
 
 def _metadatum(name: bytes, value: bytes) -> tuple[str, str | bytes]:
