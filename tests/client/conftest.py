@@ -15,7 +15,7 @@ import httpx
 import pytest
 from ratelimitd_client import AsyncRateLimitClient, RateLimitClient
 
-from tests.integration.conftest import start_server  # noqa: F401 - the fixture, shared
+from tests.integration.conftest import grpc_server, start_server  # noqa: F401 - the fixtures, shared
 from tests.servers.service import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[2]
