@@ -36,6 +36,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from ratelimitd.backends.deadline import Deadline
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -65,7 +67,7 @@ class Batcher(Generic[Item, Result]):
         self.max_batch = max_batch
         self.timeout_s = timeout_s
         self._pending: list[_Entry[Item, Result]] = []
-        self._queue_timer: asyncio.TimerHandle | None = None  # the oldest waiting item's time
+        self._queue_timer: Deadline | None = None  # the oldest waiting item's time
         self._tasks: set[asyncio.Task[None]] = set()
         self._flush_handle: asyncio.Handle | None = None
         self._waiting_out_stall = False  # the flush above waits for the batch out to stall
@@ -99,7 +101,7 @@ class Batcher(Generic[Item, Result]):
             return
         if len(self._tasks) >= self.max_in_flight:  # full: wait for a batch to come back
             if self._queue_timer is None and self._pending[0][2] < math.inf:
-                self._queue_timer = loop.call_at(self._pending[0][2], self._expire_waiting)
+                self._queue_timer = Deadline(loop, self._pending[0][2], self._expire_waiting)
             return
         if self._tasks:
             stalled_in = self._last_sent + self.stall_s - loop.time()
@@ -126,7 +128,7 @@ class Batcher(Generic[Item, Result]):
             self._last_sent = loop.time()
             timer = None
             if batch[0][2] < math.inf:  # the oldest first: its deadline is the batch's
-                timer = loop.call_at(batch[0][2], _expire, batch, self.timeout_s)
+                timer = Deadline(loop, batch[0][2], _expire, batch, self.timeout_s)
             self._tasks.add(loop.create_task(self._run(batch, timer)))
         if self._pending:
             self._schedule(loop)
@@ -157,9 +159,7 @@ class Batcher(Generic[Item, Result]):
             assert self._loop is not None
             self._schedule(self._loop)
 
-    async def _run(
-        self, batch: list[_Entry[Item, Result]], timer: asyncio.TimerHandle | None
-    ) -> None:
+    async def _run(self, batch: list[_Entry[Item, Result]], timer: Deadline | None) -> None:
         # The batch counts as out until its results are handed over, and no longer: its
         # callers, woken by them, may submit again at once, and must find it back (a done
         # callback on the task would run only after them, and they would wait out a delay

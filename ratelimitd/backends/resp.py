@@ -29,6 +29,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ratelimitd.backends.deadline import Deadline
+
 Command = Sequence[str | int | bytes]
 STALE_AFTER_TIMEOUTS = 10
 
@@ -120,6 +122,14 @@ class _Protocol(asyncio.Protocol):
             self.transport.abort()
 
 
+def _time_out(future: asyncio.Future[list[Any]], timeout_s: float) -> None:
+    """Fails the caller; its waiter stays queued, to absorb the late replies."""
+    if not future.done():
+        future.set_exception(
+            RedisTimeoutError(f"no reply from Redis within {timeout_s * 1000:.0f} ms")
+        )
+
+
 class RespConnection:
     """One pipelined connection, opened on first use and again after any failure."""
 
@@ -146,14 +156,11 @@ class RespConnection:
         protocol.waiters.append((count, [], future, loop.time()))
         assert protocol.transport is not None
         protocol.transport.write(packed)
+        deadline = Deadline(loop, loop.time() + self.timeout_s, _time_out, future, self.timeout_s)
         try:
-            async with asyncio.timeout(self.timeout_s):
-                return await future
-        except TimeoutError:
-            # the waiter stays queued, its future cancelled, to absorb its late replies
-            raise RedisTimeoutError(
-                f"no reply from Redis within {self.timeout_s * 1000:.0f} ms"
-            ) from None
+            return await future
+        finally:
+            deadline.cancel()
 
     def _is_stale(self, protocol: _Protocol, now: float) -> bool:
         oldest = protocol.waiters[0][3] if protocol.waiters else now
