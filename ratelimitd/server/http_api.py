@@ -1,4 +1,4 @@
-"""The HTTP endpoints beside /healthcheck: /metrics, /rlconfig and POST /json."""
+"""The HTTP endpoints: /healthcheck (ready), /livez (alive), /metrics, /rlconfig, POST /json."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ JSON = "application/json"
 def routes(limiter: Limiter, healthy: Callable[[], bool]) -> dict[tuple[str, str], Handler]:
     async def healthcheck(_: bytes) -> Response:
         return text(200, "OK") if healthy() else text(503, "NOT READY")
+
+    async def livez(_: bytes) -> Response:
+        """Answered while the process serves at all, with the backend down too: a restart
+        does not bring Redis back, and restarting every replica at once helps nobody."""
+        return text(200, "ALIVE")
 
     async def metrics_page(_: bytes) -> Response:
         return 200, "text/plain; version=0.0.4; charset=utf-8", metrics.exposition()
@@ -43,6 +48,7 @@ def routes(limiter: Limiter, healthy: Callable[[], bool]) -> dict[tuple[str, str
 
     return {
         ("GET", "/healthcheck"): healthcheck,
+        ("GET", "/livez"): livez,
         ("GET", "/metrics"): metrics_page,
         ("GET", "/rlconfig"): rlconfig,
         ("POST", "/json"): json_check,

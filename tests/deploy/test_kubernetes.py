@@ -95,9 +95,10 @@ def test_ratelimitd_container(name: str) -> None:
     assert (grpc_port, http_port) == (GRPC_PORT, HTTP_PORT)
     assert {p["containerPort"] for p in container["ports"]} == {GRPC_PORT, HTTP_PORT}
 
-    for probe_name in ("readinessProbe", "livenessProbe"):
+    # ready follows the backend; alive does not (a restart does not bring Redis back)
+    for probe_name, path in (("readinessProbe", "/healthcheck"), ("livenessProbe", "/livez")):
         probe = container[probe_name]["httpGet"]
-        assert probe["path"] == "/healthcheck", probe_name
+        assert probe["path"] == path, probe_name
         assert port_number(container, probe["port"]) == HTTP_PORT, probe_name
 
     requests = container["resources"]["requests"]

@@ -115,11 +115,9 @@ async def test_redis_frozen_answers_within_the_timeout(
     await wait_recovered(stub)
 
 
-def health(app: App) -> int:
+def health(app: App, path: str = "/healthcheck") -> int:
     try:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{app.http_port}/healthcheck", timeout=5
-        ) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{app.http_port}{path}", timeout=5) as r:
             return int(r.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
@@ -132,6 +130,7 @@ async def test_starts_with_redis_down_and_connects_when_it_comes_up(
     backend = RedisBackend(RedisOptions(url=f"redis://127.0.0.1:{port}", timeout_s=TIMEOUT_S))
     app = await start_server(RULES, backend=backend, health_interval_s=0.05)
     assert await asyncio.to_thread(health, app) == 503
+    assert await asyncio.to_thread(health, app, "/livez") == 200  # not ready, but alive
     stub = rls_pb2_grpc.RateLimitServiceStub(
         grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
     )
