@@ -2,13 +2,16 @@
 
 When the event loop is blocked past a deadline (CPU starvation on a busy host, a long
 garbage collection), the answer may well have arrived meanwhile and wait, unread, in the
-socket. Both loops then run the overdue timer before reading it (uvloop always runs timers
-before polling; asyncio's loop when the timer comes first in its ready queue), and the call
-fails although Redis answered in time. Measured with a 100 ms timeout and the loop blocked
-150 ms right after each write: 3-4 of 5 PINGs failed on either loop.
+socket. uvloop then runs the overdue timer before it reads the socket (libuv runs timers
+before polling), and on asyncio's loop a timeout that cancels the waiting task
+(`asyncio.timeout`) wins even when the answer is read in the same turn, since the task has
+not resumed yet: the call fails although Redis answered in time. Measured with a 100 ms
+timeout and the loop blocked 150 ms right after each write: 3-4 of 5 PINGs failed on either
+loop.
 
-A `Deadline` that fires more than `LATE_S` after its time gives the loop one more turn (a
-1 ms timer, due after the next poll for I/O) before it expires the work.
+So the work is failed by setting its future's exception, only if it has no answer by then,
+and a `Deadline` that fires more than `LATE_S` after its time first gives the loop one more
+turn (a 1 ms timer, due after the next poll for I/O).
 """
 
 from __future__ import annotations
