@@ -6,8 +6,8 @@ socket. uvloop then runs the overdue timer before it reads the socket (libuv run
 before polling), and on asyncio's loop a timeout that cancels the waiting task
 (`asyncio.timeout`) wins even when the answer is read in the same turn, since the task has
 not resumed yet: the call fails although Redis answered in time. Measured with a 100 ms
-timeout and the loop blocked 150 ms right after each write: 3-4 of 5 PINGs failed on either
-loop.
+timeout and the loop blocked 150 ms right after each write: 4 of 5 PINGs failed on uvloop, 3
+of 5 on asyncio's loop (blocked 300 ms: 5 and 1).
 
 So the work is failed by setting its future's exception, only if it has no answer by then,
 and a `Deadline` that fires more than `LATE_S` after its time first gives the loop one more
