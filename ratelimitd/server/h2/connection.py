@@ -41,13 +41,6 @@ OUR_SETTINGS = {
     f.ENABLE_PUSH: 0,
 }
 
-_FRAME_HEAD = struct.Struct(">HBBBI")  # length (24 bits as 16 + 8), type, flags, stream id
-
-
-def _head(length: int, kind: int, flags: int, stream_id: int) -> bytes:
-    return _FRAME_HEAD.pack(length >> 8, length & 0xFF, kind, flags, stream_id)
-
-
 _OK_TRAILERS_FLAGS = f.END_HEADERS | f.END_STREAM
 
 
@@ -399,13 +392,13 @@ class Connection(asyncio.Protocol):
             self._send_window -= size
             sid = stream.id
             self._write(
-                _head(len(RESPONSE_HEADERS), f.HEADERS, f.END_HEADERS, sid)
+                f.head(len(RESPONSE_HEADERS), f.HEADERS, f.END_HEADERS, sid)
                 + RESPONSE_HEADERS
-                + _head(size, f.DATA, 0, sid)
+                + f.head(size, f.DATA, 0, sid)
                 + b"\x00"
                 + len(message).to_bytes(4, "big")
                 + message
-                + _head(len(TRAILERS_OK), f.HEADERS, _OK_TRAILERS_FLAGS, sid)
+                + f.head(len(TRAILERS_OK), f.HEADERS, _OK_TRAILERS_FLAGS, sid)
                 + TRAILERS_OK
             )
             self._close(stream)

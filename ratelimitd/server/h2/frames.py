@@ -59,13 +59,16 @@ class H2Error(Exception):
         self.code = code
 
 
+_HEAD = struct.Struct(">HBBBI")  # length (24 bits as 16 + 8), type, flags, stream id
+
+
+def head(length: int, kind: int, flags: int, stream_id: int) -> bytes:
+    """A frame's 9-byte header."""
+    return _HEAD.pack(length >> 8, length & 0xFF, kind, flags, stream_id)
+
+
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return (
-        len(payload).to_bytes(3, "big")
-        + bytes((kind, flags))
-        + stream_id.to_bytes(4, "big")
-        + payload
-    )
+    return head(len(payload), kind, flags, stream_id) + payload
 
 
 def settings(values: dict[int, int]) -> bytes:
