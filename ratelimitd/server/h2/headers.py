@@ -5,7 +5,9 @@ encoder sends them as indices into its dynamic table or as literals it chose not
 (nghttp2 does so with `:path` and `content-length`): the same bytes each time. A block that
 adds nothing to the table decodes the same way until some other block changes the table, so
 those are remembered per connection; that saves `hpack`'s pure-Python decoder (Huffman
-decoding alone was a tenth of the CPU under load) on nearly every call.
+decoding alone was a tenth of the CPU under load) on nearly every call: all but the first
+block of h2load's, and 199 of the 201 blocks Envoy (the deployed deploy/envoy/envoy.yaml)
+sent for 200 requests in a probe.
 
 Responses never use the dynamic table (literals "without indexing"), so every block here is
 fixed bytes or fixed bytes plus a value; the client's table-size settings do not matter.
