@@ -105,12 +105,6 @@ class CallContext:
     def invocation_metadata(self) -> Metadata:
         return self._stream.head.metadata
 
-    def peer(self) -> str:
-        return self._connection.peer
-
-    def cancelled(self) -> bool:
-        return self._connection.streams.get(self._stream.id) is not self._stream
-
     async def write(self, message: Any) -> None:
         data = self._serializer(message) if self._serializer is not None else message
         self._connection.send_message(self._stream, data)
@@ -269,10 +263,13 @@ class Calls:
                 return
         try:
             if timeout is None:
-                response = await _invoke(handler, request, context)
+                response = await _behaviour(handler, request, context)
             else:
                 async with asyncio.timeout(timeout) as deadline:
-                    response = await _invoke(handler, request, context)
+                    response = await _behaviour(handler, request, context)
+            serializer = handler.response_serializer
+            if serializer is not None and not handler.response_streaming:
+                response = serializer(response)
         except Abort as abort:
             connection.finish(stream, _status(abort.code, abort.details))
             return
@@ -295,7 +292,7 @@ class Calls:
             return
         if context.code() is not grpc.StatusCode.OK:
             connection.finish(stream, _status(context.code(), context.details()))
-        elif response is None:
+        elif handler.response_streaming:
             connection.finish(stream, TRAILERS_OK)
         else:
             connection.answer(stream, response)
@@ -306,15 +303,16 @@ class Calls:
         connection.finish(stream, _status(grpc.StatusCode.UNKNOWN, "unexpected server error"))
 
 
-async def _invoke(
-    handler: grpc.RpcMethodHandler, request: Any, context: CallContext
-) -> bytes | None:
-    """Runs the handler: a unary response serialized, or None once a stream was written."""
+def _behaviour(handler: grpc.RpcMethodHandler, request: Any, context: CallContext) -> Any:
+    """What to await for the call: a unary handler's own coroutine (on every ShouldRateLimit,
+    so no coroutine of ours in between), or one that writes a response stream."""
     if not handler.response_streaming:
         behaviour = handler.stream_unary if handler.request_streaming else handler.unary_unary
-        response = await behaviour(request, context)
-        serializer = handler.response_serializer
-        return serializer(response) if serializer is not None else response  # type: ignore[no-any-return]
+        return behaviour(request, context)
+    return _write_stream(handler, request, context)
+
+
+async def _write_stream(handler: grpc.RpcMethodHandler, request: Any, context: CallContext) -> None:
     behaviour = handler.stream_stream if handler.request_streaming else handler.unary_stream
     result = behaviour(request, context)
     if hasattr(result, "__aiter__"):
@@ -322,7 +320,6 @@ async def _invoke(
             await context.write(item)
     else:  # a coroutine that writes with context.write
         await result
-    return None
 
 
 async def _requests(stream: Stream, deserializer: Any) -> AsyncIterator[Any]:
