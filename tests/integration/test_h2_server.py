@@ -411,6 +411,14 @@ async def event_set(event: asyncio.Event) -> None:
         await event.wait()
 
 
+async def slow_call_started(native: Native, connect: Connect) -> tuple[Client, int]:
+    """A client with a Slow call whose handler has started (and waits for `release`)."""
+    client = await connect(native.port)
+    stream_id = client.request(SLOW, b"")
+    await event_set(native.service.started)
+    return client, stream_id
+
+
 # -- connection errors ----------------------------------------------------------------------
 
 
@@ -739,9 +747,7 @@ async def test_streams_over_the_limit_are_refused_and_the_open_ones_complete(
 async def test_client_reset_cancels_the_handler_and_nothing_is_sent_on_that_stream(
     native: Native, connect: Connect
 ) -> None:
-    client = await connect(native.port)
-    stream_id = client.request(SLOW, b"")
-    await event_set(native.service.started)
+    client, stream_id = await slow_call_started(native, connect)
     client.h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
     client.flush()
     await event_set(native.service.cancelled)
@@ -764,9 +770,7 @@ async def test_grpc_timeout_ends_the_call_with_deadline_exceeded(
 async def test_graceful_stop_finishes_calls_in_flight_and_refuses_new_streams(
     native: Native, connect: Connect
 ) -> None:
-    client = await connect(native.port)
-    slow_id = client.request(SLOW, b"")
-    await event_set(native.service.started)
+    client, slow_id = await slow_call_started(native, connect)
     stopping = asyncio.create_task(native.server.stop(grace=5))
     await asyncio.sleep(0)  # stop() sends the GOAWAYs before its first await
     assert all(connection.draining for connection in native.server.connections)
@@ -788,9 +792,7 @@ async def test_graceful_stop_finishes_calls_in_flight_and_refuses_new_streams(
 async def test_stop_ends_calls_still_running_after_the_grace_with_unavailable(
     native: Native, connect: Connect
 ) -> None:
-    client = await connect(native.port)
-    stream_id = client.request(SLOW, b"")
-    await event_set(native.service.started)
+    client, stream_id = await slow_call_started(native, connect)
     await native.server.stop(grace=0.1)
     await client.wait_closed()
     assert client.goaway == (stream_id, f.NO_ERROR)
