@@ -2,6 +2,8 @@
 # ratelimitd: Envoy's rate-limit gRPC service (8081) with HTTP health and metrics (8080).
 #   docker build -t ratelimitd .
 #   docker run --rm -p 8081:8081 -p 8080:8080 ratelimitd
+#   docker run ... -e RATELIMITD_REDIS_URL=redis://redis:6379 -e RATELIMITD_WORKERS=2 ratelimitd
+#     (workers share the ports; the supervisor keeps their metrics under /tmp)
 # Rules are read from /etc/ratelimitd/config (every *.yaml in it); mount yours there.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -13,9 +15,14 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv --without-pip /opt/ratelimitd
+# Exact versions with hashes from the lock (scripts/lock), then the package itself, built
+# with the locked setuptools: nothing is resolved or fetched outside the lock.
+COPY requirements/service.txt ./requirements/
+RUN pip --python /opt/ratelimitd/bin/python install --no-cache-dir --require-hashes \
+        -r requirements/service.txt
 COPY pyproject.toml README.md ./
 COPY ratelimitd/ ./ratelimitd/
-RUN pip --python /opt/ratelimitd/bin/python install --no-cache-dir . \
+RUN pip --python /opt/ratelimitd/bin/python install --no-cache-dir --no-deps --no-build-isolation . \
     && /opt/ratelimitd/bin/ratelimitd check-config --help > /dev/null
 
 # ---- runtime: the venv, the example rules and nothing else ----
