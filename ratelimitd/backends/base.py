@@ -42,8 +42,8 @@ class Backend(Protocol):
         """Clears the counters of `requests`; returns how many existed."""
         ...
 
-    async def ping(self) -> bool:
-        """Whether the store answers now."""
+    async def ping(self) -> None:
+        """Returns when the store answers now; raises `BackendError`, saying why, when not."""
         ...
 
     async def close(self) -> None: ...

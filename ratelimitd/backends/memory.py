@@ -98,8 +98,8 @@ class MemoryBackend:
                     cleared += 1
         return cleared
 
-    async def ping(self) -> bool:
-        return True
+    async def ping(self) -> None:
+        """Always answers: the counters are in this process."""
 
     async def close(self) -> None:
         self._counters.clear()

@@ -12,11 +12,13 @@ import asyncio
 import importlib.resources
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ClusterDownError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import ClusterDownError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -79,13 +81,43 @@ def parse_reply(reply: Sequence[int], requests: Sequence[CounterRequest]) -> lis
     return results
 
 
-def _kind_of(error: Exception) -> str:
-    """The metrics label of an error a pipeline returned in place of a reply."""
-    if isinstance(error, RedisTimeoutError):
-        return "timeout"
+def _redis_py_exceptions() -> tuple[type[Exception], ...]:
+    """Every exception class redis-py declares: the `RedisError` family, the Cluster family
+    (`RedisClusterException`, not a `RedisError`: `SlotNotCoveredError` whenever the slot cache
+    is empty), and the few that stand alone (`ChildDeadlockedError`, ...)."""
+    return tuple(
+        value
+        for value in vars(redis.exceptions).values()
+        if isinstance(value, type) and issubclass(value, Exception)
+    )
+
+
+# Everything a failed round trip raises: redis-py's exceptions, and sockets' own errors
+# (`TimeoutError` among them) from the lean connection and from `asyncio.timeout`.
+REDIS_FAILURES: tuple[type[Exception], ...] = (*_redis_py_exceptions(), OSError)
+NODE_LOOKUP_FAILURES: tuple[type[Exception], ...] = (*REDIS_FAILURES, IndexError, KeyError)
+
+
+def backend_error(error: BaseException) -> BackendError:
+    """The `BackendError` for a Redis failure, raised or returned in place of a reply; its
+    `kind` labels the metrics (timeout, script, connection)."""
+    if isinstance(error, RedisTimeoutError | TimeoutError):
+        return BackendError(f"Redis timed out: {error}", kind="timeout")
     if isinstance(error, ResponseError) and not isinstance(error, ClusterDownError):
-        return "script"
-    return "connection"
+        return BackendError(f"Redis failed: {error}", kind="script")
+    if isinstance(error, RedisConnectionError):
+        return BackendError(f"Redis unreachable: {error}", kind="connection")
+    return BackendError(f"Redis failed: {type(error).__name__}: {error}", kind="connection")
+
+
+@contextmanager
+def redis_failures_as_backend_errors() -> Iterator[None]:
+    """The one boundary where Redis clients' exceptions become `BackendError`: every round
+    trip the backend makes runs inside it, so failure policy sees every backend failure."""
+    try:
+        yield
+    except REDIS_FAILURES as exc:
+        raise backend_error(exc) from exc
 
 
 class OverLimitCache:
@@ -229,39 +261,32 @@ class RedisBackend:
 
         A call's descriptors go in one script call, except on a Cluster, where the keys of
         one script call must share a slot: there each descriptor gets its own."""
-        if not self.cluster:
-            return await self._run_scripts(groups)
-        results = iter(
-            answer
-            for answers in await self._run_scripts([(r,) for group in groups for r in group])
-            for answer in answers
-        )
+        with redis_failures_as_backend_errors():
+            if not self.cluster:
+                return await self._run_scripts(groups)
+            scripts = [(request,) for group in groups for request in group]
+            results = iter(
+                answer for answers in await self._run_scripts(scripts) for answer in answers
+            )
         return [[next(results) for _ in group] for group in groups]
 
     async def _run_scripts(
         self, scripts: Sequence[tuple[CounterRequest, ...]]
     ) -> list[list[CounterResult]]:
         now = repr(self._clock.now()) if self._clock is not None else ""
-        try:
-            if not self._sha:
-                self._sha = await self._script_load()
-            replies = await self._pipeline(scripts, now)
-            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-            if missing:  # after a failover or SCRIPT FLUSH: load again and resend those
-                self._sha = await self._script_load()
-                again = await self._pipeline([scripts[i] for i in missing], now)
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
-        except RedisTimeoutError as exc:
-            raise BackendError(f"Redis timed out: {exc}", kind="timeout") from exc
-        except RedisError as exc:
-            raise BackendError(
-                f"Redis failed: {type(exc).__name__}: {exc}", kind="connection"
-            ) from exc
+        if not self._sha:
+            self._sha = await self._script_load()
+        replies = await self._pipeline(scripts, now)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:  # after a failover or SCRIPT FLUSH: load again and resend those
+            self._sha = await self._script_load()
+            again = await self._pipeline([scripts[i] for i in missing], now)
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
         results = []
         for script, reply in zip(scripts, replies, strict=True):
-            if isinstance(reply, Exception):
-                raise BackendError(f"Redis failed: {reply}", kind=_kind_of(reply)) from reply
+            if isinstance(reply, Exception):  # an error reply, returned in place of an answer
+                raise reply
             results.append(parse_reply(reply, script))
         return results
 
@@ -326,8 +351,10 @@ class RedisBackend:
         try:
             slot = self.client.keyslot(request.base)
             return str(self.client.nodes_manager.get_node_from_slot(slot).name)
-        except (RedisError, IndexError, KeyError):
-            return ""  # not yet initialised or mid-failover: any batch will do
+        except NODE_LOOKUP_FAILURES:
+            # slot cache empty (first call, topology reset) or mid-failover: any batch will
+            # do; its pipeline finds the node (or fails as a BackendError)
+            return ""
 
     def _batcher(self, node: str) -> Batcher[tuple[CounterRequest, ...], list[CounterResult]]:
         batcher = self._batchers.get(node)
@@ -349,7 +376,7 @@ class RedisBackend:
         keys = [request.key(limit) for request in requests for limit in request.limits]
         if not keys:
             return 0
-        try:
+        with redis_failures_as_backend_errors():
             # one DEL per key: keys of different descriptors may be on other slots
             if self.fast is not None:
                 replies = await self.fast.execute([("DEL", key) for key in keys])
@@ -361,20 +388,16 @@ class RedisBackend:
             for key in keys:
                 pipe.delete(key)
             return sum(int(n) for n in await pipe.execute())
-        except RedisError as exc:
-            raise BackendError(
-                f"Redis failed: {type(exc).__name__}: {exc}", kind="connection"
-            ) from exc
 
-    async def ping(self) -> bool:
-        try:
+    async def ping(self) -> None:
+        with redis_failures_as_backend_errors():
             async with asyncio.timeout(max(self.options.timeout_s, 0.5)):
                 if self.fast is not None:
                     (reply,) = await self.fast.execute([("PING",)])
-                    return not isinstance(reply, Exception)
-                return bool(await self.client.ping())
-        except (RedisError, TimeoutError, OSError):
-            return False
+                    if isinstance(reply, Exception):
+                        raise reply
+                else:
+                    await self.client.ping()
 
     async def close(self) -> None:
         for batcher in self._batchers.values():

@@ -56,7 +56,7 @@ def make_client(options: RedisOptions) -> Any:
         return redis_asyncio.Redis.from_url(url, **common)
     if scheme == SENTINEL_SCHEME:
         hosts, master, auth = _hosts(url, need_path=True)
-        sentinel = Sentinel(hosts, sentinel_kwargs=dict(common), **common, **auth)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(hosts, sentinel_kwargs=dict(common), **common, **auth)
         return sentinel.master_for(master, **common, **auth)
     if scheme == CLUSTER_SCHEME:
         hosts, _, auth = _hosts(url, need_path=False)

@@ -17,6 +17,7 @@ again.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections import deque
 from collections.abc import Sequence
@@ -199,7 +200,8 @@ class RespConnection:
                 f"connecting to Redis took over {self.timeout_s * 1000:.0f} ms"
             ) from None
         except OSError as exc:
-            raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise RedisConnectionError(f"cannot connect: {reason.lower()}") from exc
         self._protocol = protocol
         setup: list[Command] = []
         if endpoint.password:

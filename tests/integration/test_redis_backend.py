@@ -16,6 +16,7 @@ from ratelimitd.backends.redis import RedisBackend
 from ratelimitd.backends.redis_client import RedisOptions
 from ratelimitd.backends.resp import RespConnection, endpoint_from_url
 from ratelimitd.clock import FakeClock
+from ratelimitd.errors import BackendError
 from ratelimitd.limiter import Limiter, LimiterOptions
 from ratelimitd.loops import loop_factory
 from ratelimitd.model import Code, Limit, Unit
@@ -198,17 +199,18 @@ async def test_unix_socket_url(tmp_path: Path) -> None:
         backend = backend_for(f"unix://{socket_path}")
         result = await backend.hit([CounterRequest("u:{x}", (Limit(1, Unit.MINUTE),), 1)])
         assert result[0].allowed
-        assert await backend.ping()
+        await backend.ping()
         await backend.close()
 
 
 async def test_password_in_url(redis_server: RedisServer) -> None:
     redis_server.client().config_set("requirepass", "s3cret")
     good = backend_for(f"redis://:s3cret@127.0.0.1:{redis_server.port}")
-    assert await good.ping()
+    await good.ping()
     assert "s3cret" not in good.description
     bad = backend_for(f"redis://:wrong@127.0.0.1:{redis_server.port}")
-    assert not await bad.ping()
+    with pytest.raises(BackendError, match="Redis refused the connection"):
+        await bad.ping()
     await good.close()
     await bad.close()
 
@@ -245,7 +247,8 @@ async def test_tls_with_client_certificate(tmp_path: Path) -> None:
         await backend.close()
         # without a client certificate the server refuses us: answered as a backend failure
         no_cert = RedisBackend(RedisOptions(url=options.url, timeout_s=5.0, tls_ca=str(certs.ca)))
-        assert not await no_cert.ping()
+        with pytest.raises(BackendError):
+            await no_cert.ping()
         await no_cert.close()
 
 
@@ -313,3 +316,20 @@ def test_a_stalled_event_loop_does_not_fail_calls_redis_answered(
     with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
         replies = runner.run(ping_while_stalled())
     assert replies == [b"PONG"] * 5
+
+
+async def test_an_empty_cluster_slot_cache_still_decides(redis_cluster: RedisCluster) -> None:
+    """redis-py 8.2 raises `SlotNotCoveredError` (a `RedisClusterException`, not a `RedisError`)
+    while the slot cache is empty: on the first call and after a topology reset. Calls are
+    still decided then (the pipeline finds the nodes); had it failed, the one boundary would
+    have made it a `BackendError` (tests/unit/test_redis_parts.py)."""
+    backend = backend_for(redis_cluster.url, clock=FakeClock())  # no window ends mid-test
+    limiter = Limiter(config(RULES), backend, LimiterOptions(key_prefix="slots:"))
+    keys = [f"ip{n}" for n in range(20)]  # spread over the three masters' slots
+    for expected in (Code.OK, Code.OVER_LIMIT, Code.OVER_LIMIT):  # one per minute per key
+        backend.client.nodes_manager.slots_cache.clear()
+        decisions = await asyncio.gather(
+            *(limiter.should_rate_limit(make_request("edge", [("v", k)])) for k in keys)
+        )
+        assert [d.overall for d in decisions] == [expected] * len(keys)
+    await backend.close()

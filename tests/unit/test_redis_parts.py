@@ -5,11 +5,21 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError, SlotNotCoveredError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ratelimitd.backends.base import CounterRequest, CounterResult
-from ratelimitd.backends.redis import HIT_SCRIPT, OverLimitCache, parse_reply, script_args
+from ratelimitd.backends.redis import (
+    HIT_SCRIPT,
+    OverLimitCache,
+    backend_error,
+    parse_reply,
+    redis_failures_as_backend_errors,
+    script_args,
+)
 from ratelimitd.backends.redis_client import RedisOptions, _hosts, describe, make_client
-from ratelimitd.errors import ConfigError
+from ratelimitd.errors import BackendError, ConfigError
 from ratelimitd.model import Algorithm, Limit, LimitResult, Unit
 
 
@@ -123,3 +133,55 @@ def test_over_limit_cache_is_bounded() -> None:
     assert len(cache._entries) == 10
     assert cache.get(CounterRequest("p:{99}", limits, 1), now=1.0) is not None
     assert cache.get(CounterRequest("p:{0}", limits, 1), now=1.0) is None
+
+
+def _redis_py_exception_classes() -> list[type[BaseException]]:
+    """Every exception class redis-py defines, Sentinel's included."""
+    import inspect
+
+    import redis.asyncio.sentinel
+    import redis.exceptions
+    import redis.sentinel
+
+    found = {
+        value
+        for module in (redis.exceptions, redis.sentinel, redis.asyncio.sentinel)
+        for _, value in inspect.getmembers(module, inspect.isclass)
+        if issubclass(value, Exception)
+    }
+    return sorted(found, key=lambda kind: f"{kind.__module__}.{kind.__qualname__}")
+
+
+@pytest.mark.parametrize("kind", _redis_py_exception_classes(), ids=lambda kind: kind.__name__)
+def test_every_redis_py_exception_becomes_a_backend_error(kind: type[Exception]) -> None:
+    """One boundary translates them all, the Cluster family (not a `RedisError`) included."""
+    try:
+        error = kind("boom")
+    except (TypeError, ValueError):  # a few take other arguments (MOVED/ASK: "slot host:port")
+        error = kind("1 127.0.0.1:7000")
+    with pytest.raises(BackendError) as caught, redis_failures_as_backend_errors():
+        raise error
+    assert caught.value.__cause__ is error
+    assert caught.value.kind in ("timeout", "script", "connection")
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "message"),
+    [
+        (SlotNotCoveredError('Slot "1" not covered'), "connection", "Redis failed: SlotNotCoveredError"),
+        (RedisTimeoutError("slow"), "timeout", "Redis timed out: slow"),
+        (TimeoutError("slow"), "timeout", "Redis timed out: slow"),
+        (ResponseError("ERR bad script"), "script", "Redis failed: ERR bad script"),
+        (RedisConnectionError("cannot connect: connection refused"), "connection", "Redis unreachable: cannot connect: connection refused"),
+        (ConnectionRefusedError(111, "refused"), "connection", "Redis failed: ConnectionRefusedError"),
+    ],
+)  # fmt: skip
+def test_backend_errors_say_what_failed(error: Exception, kind: str, message: str) -> None:
+    translated = backend_error(error)
+    assert translated.kind == kind
+    assert str(translated).startswith(message)
+
+
+def test_our_own_bugs_are_not_disguised_as_backend_failures() -> None:
+    with pytest.raises(ZeroDivisionError), redis_failures_as_backend_errors():
+        raise ZeroDivisionError
