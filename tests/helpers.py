@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 from ratelimitd.config import RateLimitConfig, config_from_texts
 from ratelimitd.model import Descriptor, Entry, Request
+
+# envoyproxy/ratelimit's own config files (Apache-2.0; see its README.md), as our test data.
+COMPAT = Path(__file__).resolve().parent / "data" / "envoyproxy-ratelimit"
 
 
 def config(text: str, name: str = "test.yaml") -> RateLimitConfig:

@@ -9,15 +9,12 @@ import pytest
 
 from ratelimitd.config import Match, RateLimitConfig, load_config
 from ratelimitd.model import Entry, Limit, Unit
+from tests.helpers import COMPAT
 
-COMPAT = Path(__file__).resolve().parents[3] / "shared" / "compat" / "envoyproxy-ratelimit"
 VALID = COMPAT / "valid"
 
 
 def compat(name: str) -> RateLimitConfig:
-    assert VALID.is_dir(), (
-        f"compat corpus not found at {VALID} (expected ../shared beside the repo)"
-    )
     return load_config([VALID / name])
 
 
