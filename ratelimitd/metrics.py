@@ -178,8 +178,21 @@ def flush_tallies() -> None:
         tally.flush()
 
 
+# prometheus-client chooses its multiprocess mode from this variable when it is imported.
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+_config_hashes: list[str] = []
+
+
 def set_config_hash(content_hash: str) -> None:
-    CONFIG_INFO.clear()
+    """`ratelimitd_config_info{hash}` is 1 for the loaded config, and the series of the one
+    before goes: removed, or set to 0 in multiprocess mode, which cannot remove series."""
+    for previous in _config_hashes:
+        if previous != content_hash:
+            if MULTIPROCESS:
+                CONFIG_INFO.labels(previous).set(0)
+            else:
+                CONFIG_INFO.remove(previous)
+    _config_hashes[:] = [content_hash]
     CONFIG_INFO.labels(content_hash).set(1)
 
 
@@ -251,7 +264,7 @@ class RuleMetrics:
 def exposition() -> bytes:
     """The text format; summed over worker processes in multiprocess mode."""
     flush_tallies()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if MULTIPROCESS:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)

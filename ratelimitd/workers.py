@@ -1,13 +1,17 @@
 """`--workers N`: N `serve` processes sharing the gRPC and HTTP ports (SO_REUSEPORT).
 
 The supervisor passes every setting to its workers through the environment, forwards
-SIGTERM/SIGINT (graceful stop) and SIGHUP (config reload), restarts a worker that dies on its
-own, and gives them one prometheus-client multiprocess directory so /metrics, answered by any
-worker, sums them all.
+SIGTERM/SIGINT (graceful stop) and SIGHUP (config reload), and replaces a worker that dies on
+its own at once (with a growing delay only when a worker keeps dying young, so that a crash
+loop does not spin). It owns one prometheus-client multiprocess directory, made under the
+temporary directory (`TMPDIR`, `/tmp`) and removed at exit, so that /metrics, answered by any
+worker, sums them all: nothing needs to be set in the environment for that. A worker whose
+supervisor is gone stops by itself (`watch_supervisor`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import shutil
@@ -16,13 +20,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 
 from ratelimitd.logs import get_logger
 from ratelimitd.settings import ENV_PREFIX, Settings
 
 log = get_logger("ratelimitd.workers")
-RESTART_DELAY_S = 1.0
+
+POLL_S = 0.05
+YOUNG_S = 5.0  # a worker that dies younger than this counts towards a crash loop
+# By how many workers of a slot died young in a row: the first one is replaced at once.
+RESTART_DELAYS_S = (0.0, 0.0, 0.5, 1.0, 2.0, 5.0, 10.0)
+STOP_MARGIN_S = 5.0  # beyond the workers' own shutdown grace, before they are killed
+SUPERVISOR_CHECK_S = 1.0
 
 
 def worker_environment(settings: Settings, metrics_dir: str) -> dict[str, str]:
@@ -34,63 +46,132 @@ def worker_environment(settings: Settings, metrics_dir: str) -> dict[str, str]:
         )
     env[ENV_PREFIX + "WORKERS"] = "1"
     env[ENV_PREFIX + "REUSE_PORT"] = "true"
+    env[ENV_PREFIX + "SUPERVISOR_PID"] = str(os.getpid())
     env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     return env
+
+
+@dataclass
+class Worker:
+    slot: int
+    process: subprocess.Popen[bytes]
+    started: float
+    died_young: int = 0  # how many workers in this slot died young in a row before this one
+
+
+class Supervisor:
+    """Starts `settings.workers` workers and keeps that many running until told to stop."""
+
+    def __init__(self, settings: Settings, metrics_dir: str) -> None:
+        self.settings = settings
+        self.metrics_dir = metrics_dir
+        self.env = worker_environment(settings, metrics_dir)
+        self.command = [sys.executable, "-m", "ratelimitd", "serve"]
+        self.workers: dict[int, Worker] = {}
+        # slot -> (when its replacement may start, how many there died young in a row)
+        self.restarts: dict[int, tuple[float, int]] = {}
+        self.stopping_since: float | None = None
+
+    def start(self, slot: int, died_young: int = 0) -> None:
+        process = subprocess.Popen(self.command, env=self.env)
+        self.workers[slot] = Worker(slot, process, time.monotonic(), died_young)
+
+    def signal_all(self, signum: int) -> None:
+        for worker in self.workers.values():
+            if worker.process.poll() is None:
+                worker.process.send_signal(signum)
+
+    def on_signal(self, signum: int, _: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.signal_all(signal.SIGHUP)
+            return
+        if self.stopping_since is None:
+            self.stopping_since = time.monotonic()
+            log.info("stopping workers", signal=signal.Signals(signum).name)
+        self.signal_all(signal.SIGTERM)
+
+    def run(self) -> int:
+        for slot in range(self.settings.workers):
+            self.start(slot)
+        log.info("workers started", workers=self.settings.workers, pids=self.pids())
+        while self.workers or (self.restarts and self.stopping_since is None):
+            time.sleep(POLL_S)
+            self.reap()
+            if self.stopping_since is None:
+                self.start_due()
+            else:
+                self.kill_stragglers()
+        log.info("workers stopped")
+        return 0
+
+    def pids(self) -> list[int]:
+        return [worker.process.pid for worker in self.workers.values()]
+
+    def reap(self) -> None:
+        """Forgets dead workers (and their metrics' live gauges); plans their replacements."""
+        now = time.monotonic()
+        for slot, worker in list(self.workers.items()):
+            code = worker.process.poll()
+            if code is None:
+                continue
+            del self.workers[slot]
+            mark_process_dead(worker.process.pid, self.metrics_dir)
+            if self.stopping_since is not None:
+                continue
+            died_young = worker.died_young + 1 if now - worker.started < YOUNG_S else 0
+            delay = RESTART_DELAYS_S[min(died_young, len(RESTART_DELAYS_S) - 1)]
+            log.error(
+                "worker exited; replacing it",
+                worker=slot,
+                pid=worker.process.pid,
+                exit_code=code,
+                delay_s=delay,
+            )
+            self.restarts[slot] = (now + delay, died_young)
+
+    def start_due(self) -> None:
+        now = time.monotonic()
+        for slot, (when, died_young) in list(self.restarts.items()):
+            if when <= now:
+                del self.restarts[slot]
+                self.start(slot, died_young)
+                log.info("worker replaced", worker=slot, pid=self.workers[slot].process.pid)
+
+    def kill_stragglers(self) -> None:
+        assert self.stopping_since is not None
+        if time.monotonic() - self.stopping_since > self.settings.shutdown_grace_s + STOP_MARGIN_S:
+            log.error("workers did not stop in time; killing them", pids=self.pids())
+            self.signal_all(signal.SIGKILL)
 
 
 def supervise(settings: Settings) -> int:
     if settings.grpc_port == 0 or settings.http_port == 0:
         print("ratelimitd: --workers needs fixed ports, not 0", file=sys.stderr)
         return 2
-    own_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
-        prefix="ratelimitd-metrics-"
-    )
-    env = worker_environment(settings, metrics_dir)
-    command = [sys.executable, "-m", "ratelimitd", "serve"]
-    workers: dict[int, subprocess.Popen[bytes]] = {}
-    stopping = False
-
-    def start(slot: int) -> None:
-        workers[slot] = subprocess.Popen(command, env={**env, ENV_PREFIX + "WORKER_ID": str(slot)})
-
-    def forward(signum: int, _: FrameType | None) -> None:
-        nonlocal stopping
-        if signum != signal.SIGHUP:
-            stopping = True
-        for process in workers.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    for slot in range(settings.workers):
-        start(slot)
-    log.info("workers started", workers=settings.workers, pids=[p.pid for p in workers.values()])
+    metrics_dir = tempfile.mkdtemp(prefix="ratelimitd-metrics-")
+    supervisor = Supervisor(settings, metrics_dir)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, supervisor.on_signal)
     try:
-        while workers:
-            time.sleep(0.2)
-            for slot, process in list(workers.items()):
-                code = process.poll()
-                if code is None:
-                    continue
-                _mark_dead(process.pid)
-                if stopping:
-                    del workers[slot]
-                    continue
-                log.error(
-                    "worker exited; restarting it", worker=slot, pid=process.pid, exit_code=code
-                )
-                time.sleep(RESTART_DELAY_S)
-                start(slot)
+        return supervisor.run()
     finally:
-        if own_dir:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-    log.info("workers stopped")
-    return 0
+        supervisor.signal_all(signal.SIGKILL)  # only if something went wrong: none are left
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _mark_dead(pid: int) -> None:
+def mark_process_dead(pid: int, metrics_dir: str) -> None:
+    """Drops a dead worker's `live*` gauge files, as prometheus-client asks of a supervisor."""
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+    multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
+
+
+async def watch_supervisor(supervisor_pid: int, stop: Callable[[], None]) -> None:
+    """Calls `stop` once this worker's supervisor is gone (it was killed: its workers must not
+    go on serving unsupervised, holding the ports)."""
+    while True:
+        await asyncio.sleep(SUPERVISOR_CHECK_S)
+        if os.getppid() != supervisor_pid:
+            break
+    log.warning("supervisor gone; stopping", supervisor_pid=supervisor_pid)
+    stop()

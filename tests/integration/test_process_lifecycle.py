@@ -182,13 +182,12 @@ def test_memory_backend_refuses_several_workers(tmp_path: Path) -> None:
 async def test_two_workers_share_the_port_and_their_metrics_sum(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    metrics_dir = tmp_path / "metrics"
-    metrics_dir.mkdir()
     env: dict[str, str | None] = {
         "RATELIMITD_REDIS_URL": redis_server.url,
         "RATELIMITD_REDIS_TIMEOUT_MS": "5000",
         "RATELIMITD_WORKERS": "2",
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "PROMETHEUS_MULTIPROC_DIR": None,  # the supervisor makes its own, under TMPDIR
+        "TMPDIR": str(tmp_path),
     }
     service = ServiceProcess(write_rules(tmp_path), env)
     with service:
@@ -196,6 +195,7 @@ async def test_two_workers_share_the_port_and_their_metrics_sum(
         while service.log().count("ratelimitd listening") < 2:  # both workers are up
             assert time.monotonic() < deadline, service.log()
             await asyncio.sleep(0.05)
+        (metrics_dir,) = tmp_path.glob("ratelimitd-metrics-*")
         # each new connection may land on either worker (SO_REUSEPORT)
         for n in range(40):
             assert await check(service.target, [("ip", f"w{n % 4}")]) == OK
