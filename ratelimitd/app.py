@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import math
 import signal
+import time
 
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2
@@ -21,6 +23,7 @@ from ratelimitd.backends.redis_client import RedisOptions
 from ratelimitd.clock import Clock
 from ratelimitd.config import RateLimitConfig, load_config
 from ratelimitd.config.reloader import ConfigReloader
+from ratelimitd.errors import BackendError
 from ratelimitd.limiter import Bounds, Limiter, LimiterOptions
 from ratelimitd.logs import get_logger
 from ratelimitd.loops import loop_name
@@ -37,12 +40,14 @@ from ratelimitd.server.http_api import routes
 from ratelimitd.server.prepared import PreparedRequests
 from ratelimitd.server.tls import ReloadingCredentials
 from ratelimitd.settings import Settings
+from ratelimitd.workers import watch_supervisor
 
 log = get_logger("ratelimitd")
 
 ENVOY_SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
 HEALTH_SERVICES = ("", ENVOY_SERVICE, BATCH_SERVICE, ADMIN_SERVICE)
 METRICS_FLUSH_S = 1.0
+BACKEND_WARNING_EVERY_S = 30.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -100,11 +105,13 @@ class App:
         self.reloader = ConfigReloader([settings.config], self.apply_config, settings.config_poll_s)
         self.health = health.aio.HealthServicer()
         self.grpc_server: grpc.aio.Server | Http2Server | None = None
-        self.http_server = HttpServer(routes(self.limiter, self.healthy))
+        self.http_server = HttpServer(routes(self.limiter, self.not_ready_reason))
         self.grpc_port = 0
         self.http_port = 0
         self.ready = False
-        self.backend_healthy = False
+        self.stopping = False
+        self.backend_problem: str | None = "not checked yet"  # None while the backend answers
+        self._backend_warned_at = -math.inf
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -117,7 +124,17 @@ class App:
         metrics.set_config_hash(config.content_hash)
 
     def healthy(self) -> bool:
-        return self.ready and self.backend_healthy
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why `/healthcheck` answers 503, or None when ready."""
+        if self.stopping:
+            return "shutting down"
+        if not self.ready:
+            return "starting"
+        if self.backend_problem is not None:
+            return f"backend {self.backend.description}: {self.backend_problem}"
+        return None
 
     async def start(self) -> None:
         settings = self.settings
@@ -233,14 +250,25 @@ class App:
         return int(port)
 
     async def _check_backend(self) -> None:
-        """Sets gRPC health from the backend's answer, logging each change."""
-        healthy = self.ready and await self.backend.ping()
-        if healthy != self.backend_healthy:
-            log_at = log.info if healthy else log.warning
-            log_at("backend state changed", backend=self.backend.description, reachable=healthy)
-        self.backend_healthy = healthy
+        """Sets gRPC health from the backend's answer. A warning says why the backend does not
+        answer when that starts, and again every `BACKEND_WARNING_EVERY_S` while it lasts."""
+        try:
+            await self.backend.ping()
+            problem = None
+        except BackendError as exc:
+            problem = str(exc)
+        now = time.monotonic()
+        if problem is None and self.backend_problem is not None:
+            log.info("backend reachable", backend=self.backend.description)
+        elif problem is not None and (
+            self.backend_problem is None or now - self._backend_warned_at >= BACKEND_WARNING_EVERY_S
+        ):
+            log.warning("backend unreachable", backend=self.backend.description, error=problem)
+            self._backend_warned_at = now
+        self.backend_problem = problem
+        serving = SERVING if self.healthy() else NOT_SERVING
         for service in HEALTH_SERVICES:
-            await self.health.set(service, SERVING if healthy else NOT_SERVING)
+            await self.health.set(service, serving)
 
     async def _watch_backend(self) -> None:
         while True:
@@ -260,7 +288,7 @@ class App:
     async def stop(self, grace: float | None = None) -> None:
         """Turns unhealthy, refuses new calls, lets calls in flight finish within `grace`."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
-        self.ready = False
+        self.stopping = True
         for task in self._tasks:
             task.cancel()
         for service in HEALTH_SERVICES:
@@ -305,6 +333,13 @@ async def serve(settings: Settings) -> None:
             loop.add_signal_handler(sig, stopping.set)
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGHUP, lambda: app.reloader.reload("SIGHUP"))
+    watcher = (  # a worker of `--workers N` stops when its supervisor is gone
+        loop.create_task(watch_supervisor(settings.supervisor_pid, stopping.set))
+        if settings.supervisor_pid
+        else None
+    )
     await stopping.wait()
+    if watcher is not None:
+        watcher.cancel()
     log.info("shutting down", grace_s=settings.shutdown_grace_s)
     await app.stop()

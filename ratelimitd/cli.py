@@ -1,4 +1,4 @@
-"""`ratelimitd serve | check-config | query`."""
+"""The `ratelimitd` command: serve, check-config, query."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ratelimitd import logs, query
 from ratelimitd.config import load_config
@@ -15,7 +16,10 @@ from ratelimitd.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ratelimitd", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="ratelimitd",
+        description="A rate-limit decision service for Envoy and applications.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the rate-limit service")
@@ -66,15 +70,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_errors(exc)
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    if settings.workers > 1:
-        from ratelimitd.workers import supervise
-
-        return supervise(settings)
     try:
+        if settings.workers > 1:
+            from ratelimitd.workers import supervise
+
+            load_config([settings.config])  # a bad config stops here, not in every worker
+            return supervise(settings)
         with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
             runner.run(_serve(settings))
     except ConfigError as exc:
         _print_errors(exc)
+        if not Path(settings.config).exists():
+            print(
+                f"ratelimitd: no config at {settings.config}: give the path of a YAML file or "
+                "directory with --config PATH or RATELIMITD_CONFIG",
+                file=sys.stderr,
+            )
         return 1
     except OSError as exc:
         print(f"ratelimitd: {exc}", file=sys.stderr)

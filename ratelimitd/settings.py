@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ class Settings:
     event_loop: str = "auto"
     grpc_server: str = "native"
     reuse_port: bool = False  # set for worker processes sharing the ports
+    supervisor_pid: int = 0  # set for worker processes: they stop when it is gone
 
     def read_admin_token(self) -> str:
         """The admin token, read again each time so a rotated token file takes effect."""
@@ -106,23 +108,70 @@ class Settings:
         loop_problem = unknown_loop(self.event_loop)
         if loop_problem:
             problems.append(loop_problem)
-        if self.workers < 1:
-            problems.append(f"RATELIMITD_WORKERS: must be at least 1, got {self.workers}")
+        problems.extend(self._out_of_range())
         if self.workers > 1 and not self.redis_url:
             problems.append(
                 "RATELIMITD_WORKERS: more than one worker needs RATELIMITD_REDIS_URL; "
                 "the memory backend's counters would not be shared between workers"
             )
-        if not 0 < self.near_limit_ratio <= 1:
-            problems.append(
-                f"RATELIMITD_NEAR_LIMIT_RATIO: must be in (0, 1], got {self.near_limit_ratio}"
-            )
-        if self.redis_timeout_ms <= 0:
-            problems.append(
-                f"RATELIMITD_REDIS_TIMEOUT_MS: must be positive, got {self.redis_timeout_ms}"
-            )
         if problems:
             raise ConfigError(problems)
+
+    def _out_of_range(self) -> list[str]:
+        """A line for each numeric setting outside its `RANGES`."""
+        problems = []
+        for name, allowed in RANGES.items():
+            value = getattr(self, name)
+            if not allowed.holds(value):
+                problems.append(f"{setting_name(name)}: must be {allowed.text}, got {value}")
+        return problems
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: `low` (or above it) up to `high`, finite."""
+
+    low: float
+    high: float = math.inf
+    above: bool = False  # `low` itself not allowed
+    text: str = ""
+
+    def holds(self, value: float) -> bool:
+        if not math.isfinite(value) or value > self.high:
+            return False
+        return value > self.low if self.above else value >= self.low
+
+
+PORT = Range(0, 65535, text="a port from 1 to 65535 (0, any free port, is for tests)")
+POSITIVE = Range(0, above=True, text="above 0")
+NOT_NEGATIVE = Range(0, text="0 or more")
+AT_LEAST_ONE = Range(1, text="at least 1")
+RANGES = {
+    "grpc_port": PORT,
+    "http_port": PORT,
+    "redis_timeout_ms": POSITIVE,
+    "redis_batch_delay_us": Range(0, 1_000_000, text="from 0 to 1000000 (one second)"),
+    "health_interval_s": POSITIVE,
+    "config_poll_s": Range(0, text="0 or more (0: no file watch)"),
+    "near_limit_ratio": Range(0, 1, above=True, text="above 0 and at most 1"),
+    "detailed_metric_max_values": NOT_NEGATIVE,
+    "shutdown_grace_s": NOT_NEGATIVE,
+    "workers": Range(1, 1024, text="from 1 to 1024"),
+    "max_message_bytes": Range(1, 2**31 - 1, text="from 1 to 2147483647"),
+    "max_descriptors": AT_LEAST_ONE,
+    "max_entries": AT_LEAST_ONE,
+    "max_key_length": AT_LEAST_ONE,
+    "max_value_length": AT_LEAST_ONE,
+}
+COMMAND_LINE_FLAGS = ("config", "host", "grpc_port", "http_port", "redis_url", "workers")
+
+
+def setting_name(field: str) -> str:
+    """How a user sets `field`: its variable, and its `serve` flag where it has one."""
+    variable = ENV_PREFIX + field.upper()
+    if field in COMMAND_LINE_FLAGS:
+        return f"{variable} (--{field.replace('_', '-')})"
+    return variable
 
 
 def _convert(name: str, kind: Any, raw: str) -> Any:

@@ -16,9 +16,12 @@ from ratelimitd.server.http import Handler, Response, text
 JSON = "application/json"
 
 
-def routes(limiter: Limiter, healthy: Callable[[], bool]) -> dict[tuple[str, str], Handler]:
+def routes(
+    limiter: Limiter, not_ready_reason: Callable[[], str | None]
+) -> dict[tuple[str, str], Handler]:
     async def healthcheck(_: bytes) -> Response:
-        return text(200, "OK") if healthy() else text(503, "NOT READY")
+        reason = not_ready_reason()
+        return text(200, "OK") if reason is None else text(503, f"NOT READY: {reason}\n")
 
     async def livez(_: bytes) -> Response:
         """Answered while the process serves at all, with the backend down too: a restart

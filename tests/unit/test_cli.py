@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,15 +10,12 @@ from pathlib import Path
 import pytest
 
 from ratelimitd.cli import main
+from tests.helpers import COMPAT
 
 REPO = Path(__file__).resolve().parents[2]
-COMPAT = REPO.parent / "shared" / "compat" / "envoyproxy-ratelimit"
 
 
 def corpus(*parts: str) -> str:
-    assert COMPAT.is_dir(), (
-        f"compat corpus not found at {COMPAT} (expected ../shared beside the repo)"
-    )
     return str(COMPAT.joinpath(*parts))
 
 
@@ -116,3 +114,43 @@ def test_console_entry_point_end_to_end() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == "domain 'edge': 8 rules (6 limited, 2 unlimited)\n"
     assert result.stderr == ""
+
+
+def test_top_level_help_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "`" not in out
+    assert "serve" in out and "check-config" in out and "query" in out
+
+
+def test_a_missing_config_says_where_it_looked_and_how_to_set_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    result = subprocess.run(
+        [sys.executable, "-m", "ratelimitd", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "RATELIMITD_CONFIG": str(missing)},
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"ratelimitd: no config at {missing}: give the path of a YAML file or directory "
+        "with --config PATH or RATELIMITD_CONFIG"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_the_default_config_path_is_named_when_nothing_sets_one() -> None:
+    assert not Path("/etc/ratelimitd/config").exists(), "needs a machine without the default"
+    env = {k: v for k, v in os.environ.items() if k != "RATELIMITD_CONFIG"}
+    result = subprocess.run(
+        [sys.executable, "-m", "ratelimitd", "serve", "--grpc-port", "0", "--http-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 1
+    assert "no config at /etc/ratelimitd/config" in result.stderr
+    assert "--config PATH or RATELIMITD_CONFIG" in result.stderr
