@@ -9,12 +9,13 @@ from typing import TextIO
 
 import grpc
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
-from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from envoy.service.ratelimit.v3 import rls_pb2
 
 from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2 as admin_pb
 from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2_grpc as admin_grpc
 
 EXIT_ALLOWED, EXIT_OVER_LIMIT, EXIT_ERROR = 0, 1, 2
+STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
 
 
+class QueryError(Exception):
+    """A call that ratelimitd answered with an error status."""
+
+
+def window(unit: str, multiplier: int) -> str:
+    """`minute`, or `15 minutes` for a limit counted over 15 of them."""
+    return unit if multiplier <= 1 else f"{multiplier} {unit}s"
+
+
 def parse_descriptor(text: str) -> list[tuple[str, str]]:
     entries = []
     for part in text.split(","):
@@ -65,6 +75,9 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
         except grpc.RpcError as exc:
             print(f"ratelimitd query: {exc.code().name}: {exc.details()}", file=err)
             return EXIT_ERROR
+        except QueryError as exc:
+            print(f"ratelimitd query: {exc}", file=err)
+            return EXIT_ERROR
 
 
 def _check(
@@ -73,16 +86,25 @@ def _check(
     descriptors: list[list[tuple[str, str]]],
     out: TextIO,
 ) -> int:
+    """One `ShouldRateLimit` decision, asked through ratelimitd's batch call: the same
+    decision, with each limit's window (Envoy's response has only its unit)."""
     request = rls_pb2.RateLimitRequest(domain=args.domain, hits_addend=args.hits)
     for entries in descriptors:
         descriptor = request.descriptors.add()
         for key, value in entries:
             descriptor.entries.append(ratelimit_pb2.RateLimitDescriptor.Entry(key=key, value=value))
-    stub = rls_pb2_grpc.RateLimitServiceStub(channel)
-    response = stub.ShouldRateLimit(request, timeout=args.timeout)
+    stub = admin_grpc.RateLimitBatchStub(channel)  # type: ignore[no-untyped-call]
+    batch = admin_pb.ShouldRateLimitBatchRequest(requests=[request.SerializeToString()])
+    (result,) = stub.ShouldRateLimitBatch(batch, timeout=args.timeout).results
+    if result.error_code:
+        raise QueryError(f"{STATUS_NAMES.get(result.error_code)}: {result.error_message}")
+    response = rls_pb2.RateLimitResponse.FromString(result.response)
+    multipliers = list(result.unit_multipliers) or [1] * len(response.statuses)
     codes = rls_pb2.RateLimitResponse.Code
     print(f"overall: {codes.Name(response.overall_code)}", file=out)
-    for text, status in zip(args.descriptor, response.statuses, strict=False):
+    for text, status, multiplier in zip(
+        args.descriptor, response.statuses, multipliers, strict=False
+    ):
         line = f"  {text}: {codes.Name(status.code)}"
         if status.HasField("current_limit"):
             limit = status.current_limit
@@ -90,8 +112,8 @@ def _check(
             name = f" ({limit.name})" if limit.name else ""
             reset = status.duration_until_reset.ToTimedelta().total_seconds()
             line += (
-                f" limit {limit.requests_per_unit}/{unit}{name}, remaining {status.limit_remaining},"
-                f" reset in {reset:g}s"
+                f" limit {limit.requests_per_unit}/{window(unit, multiplier)}{name},"
+                f" remaining {status.limit_remaining}, reset in {reset:g}s"
             )
         else:
             line += " no limit"
@@ -127,9 +149,7 @@ def _admin(
     )
     for state in peeked.states:
         reset = state.reset_after.ToTimedelta().total_seconds()
-        every = (
-            state.unit if state.unit_multiplier == 1 else f"{state.unit_multiplier} {state.unit}s"
-        )
+        every = window(state.unit, state.unit_multiplier)
         flag = " OVER_LIMIT" if state.over_limit else ""
         print(
             f"{args.descriptor[state.descriptor_index]}: {state.rule} {state.algorithm}"

@@ -27,11 +27,12 @@ MAX_BATCH = 1024
 
 _LATENCY = metrics.HistogramTally(metrics.REQUEST_LATENCY.labels("ShouldRateLimitBatch"))
 # Tags: ShouldRateLimitBatchResponse.results = 1; BatchResult.response = 1, .error_code = 2,
-# .error_message = 3.
+# .error_message = 3, .unit_multipliers = 4 (packed).
 _RESULT = b"\x0a"
 _RESPONSE = b"\x0a"
 _ERROR_CODE = b"\x10"
 _ERROR_MESSAGE = b"\x1a"
+_UNIT_MULTIPLIERS = b"\x22"
 
 
 class BatchServicer:
@@ -71,10 +72,20 @@ class BatchServicer:
 
     def _result(self, outcome: Decision | InvalidRequest | BackendError) -> bytes:
         if isinstance(outcome, Decision):
-            return length_delimited(_RESPONSE, self.encoder.response(outcome))
+            return length_delimited(_RESPONSE, self.encoder.response(outcome)) + unit_multipliers(
+                outcome
+            )
         code, message = status_of(outcome)
         return (
             _ERROR_CODE
             + varint(code.value[0])
             + length_delimited(_ERROR_MESSAGE, message.encode("utf-8", "replace"))
         )
+
+
+def unit_multipliers(decision: Decision) -> bytes:
+    """`BatchResult.unit_multipliers`, present only when some limit counts over several units."""
+    multipliers = [0 if s.limit is None else s.limit.unit_multiplier for s in decision.statuses]
+    if all(m <= 1 for m in multipliers):
+        return b""
+    return length_delimited(_UNIT_MULTIPLIERS, b"".join(varint(m) for m in multipliers))

@@ -3,7 +3,10 @@ servers."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import io
+import re
 from collections.abc import AsyncIterator
 
 import grpc
@@ -11,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from ratelimitd import cli
+from ratelimitd import cli, query
 from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2 as pb
 from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2_grpc as pb_grpc
 from ratelimitd.app import ENVOY_SERVICE, App
@@ -342,6 +345,27 @@ async def test_query_command_exit_codes(app: App) -> None:
     assert await asyncio.to_thread(query, "--descriptor", ip, "--peek", "--token", "wrong") == 2
     assert await asyncio.to_thread(query, "--descriptor", "nonsense") == 2
     assert await asyncio.to_thread(query, "--descriptor", "x=y", "--hits", "3") == 0
+
+
+async def test_query_shows_a_multiplied_unit_as_peek_does(app: App) -> None:
+    """A 5-per-15-minutes rule reads `5/15 minutes` in both, not `5/minute` (issue 17)."""
+
+    def output(*extra: str) -> str:
+        out, err = io.StringIO(), io.StringIO()
+        args = ["--addr", f"127.0.0.1:{app.grpc_port}", "--domain", "app", *extra]
+        parser = argparse.ArgumentParser()
+        query.add_arguments(parser)
+        query.run(parser.parse_args(args), out=out, err=err)
+        assert not err.getvalue()
+        return out.getvalue()
+
+    ip = "route=login,ip=8.8.4.4"
+    checked = await asyncio.to_thread(output, "--descriptor", ip)
+    assert f"{ip}: OK limit 5/15 minutes (login), remaining 4," in checked
+    peeked = await asyncio.to_thread(output, "--descriptor", ip, "--peek", "--token", TOKEN)
+    assert "5/15 minutes: remaining 4" in peeked
+    single = await asyncio.to_thread(output, "--descriptor", "api_key=q")
+    assert re.search(r"api_key=q: OK limit \d+/(second|day) \(per_", single), single
 
 
 def test_query_output(capsys: pytest.CaptureFixture[str]) -> None:

@@ -150,3 +150,26 @@ async def test_a_backend_failure_answers_each_request_by_the_failure_mode(
     else:
         code = rls_pb2.RateLimitResponse.FromString(limited.response).overall_code
         assert code == (OK if mode == "allow" else OVER)
+
+
+async def test_each_result_carries_its_limits_unit_multipliers(
+    start_server: StartServer, batch_stub
+) -> None:
+    """Envoy's response has only a unit; a batch result also says 15 for "per 15 minutes"."""
+    rules = """
+    domain: edge
+    descriptors:
+      - key: ip
+        rate_limit: {unit: minute, unit_multiplier: 15, requests_per_unit: 5}
+      - key: user
+        rate_limit: {unit: second, requests_per_unit: 5}
+    """
+    stub = batch_stub(await start_server(rules))
+    reply = await stub.ShouldRateLimitBatch(
+        batch(
+            rl_request([("ip", "1")], [("user", "u")], [("none", "x")], hits=1, domain="edge"),
+            rl_request([("user", "u")], hits=1, domain="edge"),
+        )
+    )
+    assert [list(result.unit_multipliers) for result in reply.results] == [[15, 1, 0], []]
+    assert len(responses(reply)[0].statuses) == 3

@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eratelimitd/v1/ratelimitd.proto\x12\rratelimitd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\x1bShouldRateLimitBatchRequest\x12\x10\n\x08requests\x18\x01 \x03(\x0c\"J\n\x0b\x42\x61tchResult\x12\x10\n\x08response\x18\x01 \x01(\x0c\x12\x12\n\nerror_code\x18\x02 \x01(\r\x12\x15\n\rerror_message\x18\x03 \x01(\t\"K\n\x1cShouldRateLimitBatchResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.ratelimitd.v1.BatchResult\"#\n\x05\x45ntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"3\n\nDescriptor\x12%\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.ratelimitd.v1.Entry\"N\n\x0cResetRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12.\n\x0b\x64\x65scriptors\x18\x02 \x03(\x0b\x32\x19.ratelimitd.v1.Descriptor\" \n\rResetResponse\x12\x0f\n\x07\x63leared\x18\x01 \x01(\r\"M\n\x0bPeekRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12.\n\x0b\x64\x65scriptors\x18\x02 \x03(\x0b\x32\x19.ratelimitd.v1.Descriptor\"\x95\x02\n\nLimitState\x12\x18\n\x10\x64\x65scriptor_index\x18\x01 \x01(\r\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\talgorithm\x18\x04 \x01(\t\x12\x19\n\x11requests_per_unit\x18\x05 \x01(\r\x12\x0c\n\x04unit\x18\x06 \x01(\t\x12\x17\n\x0funit_multiplier\x18\x07 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x08 \x01(\r\x12\x11\n\tremaining\x18\t \x01(\r\x12.\n\x0breset_after\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nover_limit\x18\x0b \x01(\x08\x12\x13\n\x0bshadow_mode\x18\x0c \x01(\x08\"9\n\x0cPeekResponse\x12)\n\x06states\x18\x01 \x03(\x0b\x32\x19.ratelimitd.v1.LimitState\"\x12\n\x10GetConfigRequest\"\x89\x01\n\x11GetConfigResponse\x12\x0f\n\x07\x64omains\x18\x01 \x03(\t\x12\r\n\x05rules\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\x12-\n\tloaded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07sources\x18\x05 \x03(\t2\xe5\x01\n\x0eRateLimitAdmin\x12\x42\n\x05Reset\x12\x1b.ratelimitd.v1.ResetRequest\x1a\x1c.ratelimitd.v1.ResetResponse\x12?\n\x04Peek\x12\x1a.ratelimitd.v1.PeekRequest\x1a\x1b.ratelimitd.v1.PeekResponse\x12N\n\tGetConfig\x12\x1f.ratelimitd.v1.GetConfigRequest\x1a .ratelimitd.v1.GetConfigResponse2\x81\x01\n\x0eRateLimitBatch\x12o\n\x14ShouldRateLimitBatch\x12*.ratelimitd.v1.ShouldRateLimitBatchRequest\x1a+.ratelimitd.v1.ShouldRateLimitBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eratelimitd/v1/ratelimitd.proto\x12\rratelimitd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\x1bShouldRateLimitBatchRequest\x12\x10\n\x08requests\x18\x01 \x03(\x0c\"d\n\x0b\x42\x61tchResult\x12\x10\n\x08response\x18\x01 \x01(\x0c\x12\x12\n\nerror_code\x18\x02 \x01(\r\x12\x15\n\rerror_message\x18\x03 \x01(\t\x12\x18\n\x10unit_multipliers\x18\x04 \x03(\r\"K\n\x1cShouldRateLimitBatchResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.ratelimitd.v1.BatchResult\"#\n\x05\x45ntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"3\n\nDescriptor\x12%\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.ratelimitd.v1.Entry\"N\n\x0cResetRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12.\n\x0b\x64\x65scriptors\x18\x02 \x03(\x0b\x32\x19.ratelimitd.v1.Descriptor\" \n\rResetResponse\x12\x0f\n\x07\x63leared\x18\x01 \x01(\r\"M\n\x0bPeekRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12.\n\x0b\x64\x65scriptors\x18\x02 \x03(\x0b\x32\x19.ratelimitd.v1.Descriptor\"\x95\x02\n\nLimitState\x12\x18\n\x10\x64\x65scriptor_index\x18\x01 \x01(\r\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\talgorithm\x18\x04 \x01(\t\x12\x19\n\x11requests_per_unit\x18\x05 \x01(\r\x12\x0c\n\x04unit\x18\x06 \x01(\t\x12\x17\n\x0funit_multiplier\x18\x07 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x08 \x01(\r\x12\x11\n\tremaining\x18\t \x01(\r\x12.\n\x0breset_after\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nover_limit\x18\x0b \x01(\x08\x12\x13\n\x0bshadow_mode\x18\x0c \x01(\x08\"9\n\x0cPeekResponse\x12)\n\x06states\x18\x01 \x03(\x0b\x32\x19.ratelimitd.v1.LimitState\"\x12\n\x10GetConfigRequest\"\x89\x01\n\x11GetConfigResponse\x12\x0f\n\x07\x64omains\x18\x01 \x03(\t\x12\r\n\x05rules\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\x12-\n\tloaded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07sources\x18\x05 \x03(\t2\xe5\x01\n\x0eRateLimitAdmin\x12\x42\n\x05Reset\x12\x1b.ratelimitd.v1.ResetRequest\x1a\x1c.ratelimitd.v1.ResetResponse\x12?\n\x04Peek\x12\x1a.ratelimitd.v1.PeekRequest\x1a\x1b.ratelimitd.v1.PeekResponse\x12N\n\tGetConfig\x12\x1f.ratelimitd.v1.GetConfigRequest\x1a .ratelimitd.v1.GetConfigResponse2\x81\x01\n\x0eRateLimitBatch\x12o\n\x14ShouldRateLimitBatch\x12*.ratelimitd.v1.ShouldRateLimitBatchRequest\x1a+.ratelimitd.v1.ShouldRateLimitBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,29 +37,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHOULDRATELIMITBATCHREQUEST']._serialized_start=114
   _globals['_SHOULDRATELIMITBATCHREQUEST']._serialized_end=161
   _globals['_BATCHRESULT']._serialized_start=163
-  _globals['_BATCHRESULT']._serialized_end=237
-  _globals['_SHOULDRATELIMITBATCHRESPONSE']._serialized_start=239
-  _globals['_SHOULDRATELIMITBATCHRESPONSE']._serialized_end=314
-  _globals['_ENTRY']._serialized_start=316
-  _globals['_ENTRY']._serialized_end=351
-  _globals['_DESCRIPTOR']._serialized_start=353
-  _globals['_DESCRIPTOR']._serialized_end=404
-  _globals['_RESETREQUEST']._serialized_start=406
-  _globals['_RESETREQUEST']._serialized_end=484
-  _globals['_RESETRESPONSE']._serialized_start=486
-  _globals['_RESETRESPONSE']._serialized_end=518
-  _globals['_PEEKREQUEST']._serialized_start=520
-  _globals['_PEEKREQUEST']._serialized_end=597
-  _globals['_LIMITSTATE']._serialized_start=600
-  _globals['_LIMITSTATE']._serialized_end=877
-  _globals['_PEEKRESPONSE']._serialized_start=879
-  _globals['_PEEKRESPONSE']._serialized_end=936
-  _globals['_GETCONFIGREQUEST']._serialized_start=938
-  _globals['_GETCONFIGREQUEST']._serialized_end=956
-  _globals['_GETCONFIGRESPONSE']._serialized_start=959
-  _globals['_GETCONFIGRESPONSE']._serialized_end=1096
-  _globals['_RATELIMITADMIN']._serialized_start=1099
-  _globals['_RATELIMITADMIN']._serialized_end=1328
-  _globals['_RATELIMITBATCH']._serialized_start=1331
-  _globals['_RATELIMITBATCH']._serialized_end=1460
+  _globals['_BATCHRESULT']._serialized_end=263
+  _globals['_SHOULDRATELIMITBATCHRESPONSE']._serialized_start=265
+  _globals['_SHOULDRATELIMITBATCHRESPONSE']._serialized_end=340
+  _globals['_ENTRY']._serialized_start=342
+  _globals['_ENTRY']._serialized_end=377
+  _globals['_DESCRIPTOR']._serialized_start=379
+  _globals['_DESCRIPTOR']._serialized_end=430
+  _globals['_RESETREQUEST']._serialized_start=432
+  _globals['_RESETREQUEST']._serialized_end=510
+  _globals['_RESETRESPONSE']._serialized_start=512
+  _globals['_RESETRESPONSE']._serialized_end=544
+  _globals['_PEEKREQUEST']._serialized_start=546
+  _globals['_PEEKREQUEST']._serialized_end=623
+  _globals['_LIMITSTATE']._serialized_start=626
+  _globals['_LIMITSTATE']._serialized_end=903
+  _globals['_PEEKRESPONSE']._serialized_start=905
+  _globals['_PEEKRESPONSE']._serialized_end=962
+  _globals['_GETCONFIGREQUEST']._serialized_start=964
+  _globals['_GETCONFIGREQUEST']._serialized_end=982
+  _globals['_GETCONFIGRESPONSE']._serialized_start=985
+  _globals['_GETCONFIGRESPONSE']._serialized_end=1122
+  _globals['_RATELIMITADMIN']._serialized_start=1125
+  _globals['_RATELIMITADMIN']._serialized_end=1354
+  _globals['_RATELIMITBATCH']._serialized_start=1357
+  _globals['_RATELIMITBATCH']._serialized_end=1486
 # @@protoc_insertion_point(module_scope)

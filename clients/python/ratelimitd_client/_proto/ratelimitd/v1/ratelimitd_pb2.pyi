@@ -18,14 +18,16 @@ class ShouldRateLimitBatchRequest(_message.Message):
     def __init__(self, requests: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class BatchResult(_message.Message):
-    __slots__ = ("response", "error_code", "error_message")
+    __slots__ = ("response", "error_code", "error_message", "unit_multipliers")
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    UNIT_MULTIPLIERS_FIELD_NUMBER: _ClassVar[int]
     response: bytes
     error_code: int
     error_message: str
-    def __init__(self, response: _Optional[bytes] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+    unit_multipliers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, response: _Optional[bytes] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., unit_multipliers: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ShouldRateLimitBatchResponse(_message.Message):
     __slots__ = ("results",)
