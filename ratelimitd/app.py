@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import math
 import signal
@@ -33,10 +34,12 @@ from ratelimitd.server.batch_service import SERVICE_NAME as BATCH_SERVICE
 from ratelimitd.server.batch_service import BatchServicer
 from ratelimitd.server.encode import ResponseEncoder
 from ratelimitd.server.grpc_service import RateLimitServicer
+from ratelimitd.server.h2.limits import DEFAULT_LIMITS, Limits
 from ratelimitd.server.h2.server import Http2Server
 from ratelimitd.server.handlers import register_service
 from ratelimitd.server.http import HttpServer
 from ratelimitd.server.http_api import routes
+from ratelimitd.server.listen import inherited_socket
 from ratelimitd.server.prepared import PreparedRequests
 from ratelimitd.server.tls import ReloadingCredentials
 from ratelimitd.settings import Settings
@@ -178,7 +181,10 @@ class App:
         self.grpc_port = await self._listen_grpc(server)
         self.grpc_server = server
         self.http_port = await self.http_server.start(
-            settings.host, settings.http_port, reuse_port=settings.reuse_port
+            settings.host,
+            settings.http_port,
+            reuse_port=settings.reuse_port,
+            sock=inherited_socket(settings.http_fd),
         )
         self.ready = True
         await self._check_backend()
@@ -210,10 +216,15 @@ class App:
     def _new_grpc_server(self) -> grpc.aio.Server | Http2Server:
         settings = self.settings
         if settings.grpc_server == "native":
-            return Http2Server(settings.max_message_bytes)
+            return Http2Server(settings.max_message_bytes, h2_limits(settings))
         return grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
+                # the same limits as the native server's, where grpcio has them; not
+                # grpc.max_concurrent_streams: grpc-core enforces it before the client has
+                # seen it, so a first burst of calls on a new channel fails UNAVAILABLE
+                ("grpc.max_connection_idle_ms", int(settings.idle_timeout_s * 1000)),
+                ("grpc.max_metadata_size", DEFAULT_LIMITS.max_header_list),
                 # several worker processes share the port; a lone process must not
                 ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
                 # let long-lived client channels (Envoy's, ratelimitd_client's) keep alive
@@ -237,6 +248,7 @@ class App:
                 settings.host,
                 settings.grpc_port,
                 reuse_port=settings.reuse_port,
+                sock=inherited_socket(settings.grpc_fd),
                 ssl_context=credentials.ssl_context() if credentials else None,
             )
         address = f"{settings.host}:{settings.grpc_port}"
@@ -299,6 +311,17 @@ class App:
         await self.backend.close()
         metrics.flush_tallies()
         log.info("ratelimitd stopped")
+
+
+def h2_limits(settings: Settings) -> Limits:
+    """The native server's limits: the defaults, with those that are settings."""
+    return dataclasses.replace(
+        DEFAULT_LIMITS,
+        max_connections=settings.max_connections,
+        max_concurrent_streams=settings.max_concurrent_streams,
+        idle_timeout_s=settings.idle_timeout_s,
+        request_body_timeout_s=settings.request_body_timeout_s,
+    )
 
 
 FULL_COLLECTION_EVERY = 1000  # young collections between full ones (Python's default: 10)

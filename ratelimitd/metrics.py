@@ -94,6 +94,12 @@ BACKEND_ERRORS = Counter(
     ["backend", "kind"],
     registry=REGISTRY,
 )
+H2_LIMITED = Counter(
+    "ratelimitd_h2_limited",
+    "HTTP/2 clients stopped by a limit (server/h2/limits.py), by limit.",
+    ["limit"],
+    registry=REGISTRY,
+)
 LOCAL_CACHE_HITS = Counter(
     "ratelimitd_local_cache_hits",
     "Decisions answered OVER_LIMIT from the local over-limit cache without a round trip.",

@@ -52,6 +52,9 @@ class Settings:
     grpc_server: str = "native"
     reuse_port: bool = False  # set for worker processes sharing the ports
     supervisor_pid: int = 0  # set for worker processes: they stop when it is gone
+    # set for worker processes: the listening sockets their supervisor passed down (-1: none)
+    grpc_fd: int = -1
+    http_fd: int = -1
 
     def read_admin_token(self) -> str:
         """The admin token, read again each time so a rotated token file takes effect."""
@@ -68,6 +71,11 @@ class Settings:
     max_entries: int = 32
     max_key_length: int = 1024
     max_value_length: int = 4096
+    # what one gRPC client may hold (server/h2/limits.py has the rest)
+    max_connections: int = 1024
+    max_concurrent_streams: int = 256
+    idle_timeout_s: float = 300.0
+    request_body_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -162,6 +170,10 @@ RANGES = {
     "max_entries": AT_LEAST_ONE,
     "max_key_length": AT_LEAST_ONE,
     "max_value_length": AT_LEAST_ONE,
+    "max_connections": AT_LEAST_ONE,
+    "max_concurrent_streams": Range(1, 2**31 - 1, text="from 1 to 2147483647"),
+    "idle_timeout_s": POSITIVE,
+    "request_body_timeout_s": POSITIVE,
 }
 COMMAND_LINE_FLAGS = ("config", "host", "grpc_port", "http_port", "redis_url", "workers")
 

@@ -1,4 +1,9 @@
-"""`--workers N`: N `serve` processes sharing the gRPC and HTTP ports (SO_REUSEPORT).
+"""`--workers N`: N `serve` processes sharing the gRPC and HTTP ports.
+
+The supervisor binds the ports and its workers accept from those very sockets, so that the
+connections waiting to be accepted outlive a worker that dies (server/listen.py). grpcio's
+server cannot adopt a socket: with `RATELIMITD_GRPC_SERVER=grpcio` its workers bind the gRPC
+port each with SO_REUSEPORT.
 
 The supervisor passes every setting to its workers through the environment, forwards
 SIGTERM/SIGINT (graceful stop) and SIGHUP (config reload), and replaces a worker that dies on
@@ -16,6 +21,7 @@ import dataclasses
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from ratelimitd.logs import get_logger
+from ratelimitd.server.listen import listening_socket
 from ratelimitd.settings import ENV_PREFIX, Settings
 
 log = get_logger("ratelimitd.workers")
@@ -37,7 +44,36 @@ STOP_MARGIN_S = 5.0  # beyond the workers' own shutdown grace, before they are k
 SUPERVISOR_CHECK_S = 1.0
 
 
-def worker_environment(settings: Settings, metrics_dir: str) -> dict[str, str]:
+@dataclass
+class Listeners:
+    """The sockets the supervisor binds for its workers."""
+
+    http: socket.socket
+    grpc: socket.socket | None  # None for grpcio, whose workers bind with SO_REUSEPORT
+
+    @classmethod
+    def bind(cls, settings: Settings) -> Listeners:
+        http = listening_socket(settings.host, settings.http_port)
+        if settings.grpc_server != "native":
+            return cls(http, None)
+        try:
+            return cls(http, listening_socket(settings.host, settings.grpc_port))
+        except OSError:
+            http.close()
+            raise
+
+    def fds(self) -> tuple[int, ...]:
+        return tuple(sock.fileno() for sock in (self.http, self.grpc) if sock is not None)
+
+    def close(self) -> None:
+        for sock in (self.http, self.grpc):
+            if sock is not None:
+                sock.close()
+
+
+def worker_environment(
+    settings: Settings, metrics_dir: str, listeners: Listeners
+) -> dict[str, str]:
     env = dict(os.environ)
     for field in dataclasses.fields(settings):
         value = getattr(settings, field.name)
@@ -47,6 +83,9 @@ def worker_environment(settings: Settings, metrics_dir: str) -> dict[str, str]:
     env[ENV_PREFIX + "WORKERS"] = "1"
     env[ENV_PREFIX + "REUSE_PORT"] = "true"
     env[ENV_PREFIX + "SUPERVISOR_PID"] = str(os.getpid())
+    env[ENV_PREFIX + "HTTP_FD"] = str(listeners.http.fileno())
+    if listeners.grpc is not None:
+        env[ENV_PREFIX + "GRPC_FD"] = str(listeners.grpc.fileno())
     env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     return env
 
@@ -62,10 +101,11 @@ class Worker:
 class Supervisor:
     """Starts `settings.workers` workers and keeps that many running until told to stop."""
 
-    def __init__(self, settings: Settings, metrics_dir: str) -> None:
+    def __init__(self, settings: Settings, metrics_dir: str, listeners: Listeners) -> None:
         self.settings = settings
         self.metrics_dir = metrics_dir
-        self.env = worker_environment(settings, metrics_dir)
+        self.listeners = listeners
+        self.env = worker_environment(settings, metrics_dir, listeners)
         self.command = [sys.executable, "-m", "ratelimitd", "serve"]
         self.workers: dict[int, Worker] = {}
         # slot -> (when its replacement may start, how many there died young in a row)
@@ -73,7 +113,7 @@ class Supervisor:
         self.stopping_since: float | None = None
 
     def start(self, slot: int, died_young: int = 0) -> None:
-        process = subprocess.Popen(self.command, env=self.env)
+        process = subprocess.Popen(self.command, env=self.env, pass_fds=self.listeners.fds())
         self.workers[slot] = Worker(slot, process, time.monotonic(), died_young)
 
     def signal_all(self, signum: int) -> None:
@@ -148,8 +188,13 @@ def supervise(settings: Settings) -> int:
     if settings.grpc_port == 0 or settings.http_port == 0:
         print("ratelimitd: --workers needs fixed ports, not 0", file=sys.stderr)
         return 2
+    try:
+        listeners = Listeners.bind(settings)
+    except OSError as error:
+        print(f"ratelimitd: cannot listen on {settings.host}: {error}", file=sys.stderr)
+        return 2
     metrics_dir = tempfile.mkdtemp(prefix="ratelimitd-metrics-")
-    supervisor = Supervisor(settings, metrics_dir)
+    supervisor = Supervisor(settings, metrics_dir, listeners)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, supervisor.on_signal)
     try:
@@ -157,6 +202,7 @@ def supervise(settings: Settings) -> int:
     finally:
         supervisor.signal_all(signal.SIGKILL)  # only if something went wrong: none are left
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        listeners.close()
 
 
 def mark_process_dead(pid: int, metrics_dir: str) -> None:

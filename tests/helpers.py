@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ratelimitd.config import RateLimitConfig, config_from_texts
@@ -21,3 +24,11 @@ def request(domain: str, *descriptors: list[Entry] | Descriptor, hits: int = 1) 
         d if isinstance(d, Descriptor) else Descriptor(entries=tuple(d)) for d in descriptors
     )
     return Request(domain=domain, descriptors=built, hits_addend=hits)
+
+
+async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Waits, polling, for `condition()` to hold; fails the test after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never came true"
+        await asyncio.sleep(0.005)

@@ -11,7 +11,6 @@ import asyncio
 import collections
 import logging
 import re
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -30,6 +29,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from tests.client.conftest import http
+from tests.helpers import until
 from tests.servers.service import ServiceProcess
 
 MakeAsync = Callable[..., AsyncRateLimitClient]
@@ -127,13 +127,6 @@ async def start_echo() -> AsyncIterator[Callable[..., Awaitable[Echo]]]:
     yield start
     for server in started:
         await server.server.stop(grace=0)
-
-
-async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never came true"
-        await asyncio.sleep(0.005)
 
 
 def check(client: AsyncRateLimitClient, **descriptor: Any) -> Awaitable[Decision]:

@@ -11,8 +11,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -74,30 +75,69 @@ def wait_for(condition: object, timeout: float, what: str) -> float:
     return time.monotonic() - started
 
 
+# A call that a killed worker had accepted and not yet answered fails with it; nothing can
+# save it. Such a failure is seen within this long of the kill, at most one per port (each
+# port is asked one call at a time), and is not a failure to connect.
+IN_FLIGHT_S = 0.5
+FAILED_TO_CONNECT = ("failed to connect", "Connection refused")
+
+
+@dataclass(frozen=True)
+class Failure:
+    at: float  # time.monotonic()
+    port: str
+    what: str
+
+
 class PortWatcher:
     """Asks both ports on a new connection every few milliseconds and keeps every failure."""
 
     def __init__(self, service: ServiceProcess) -> None:
         self.service = service
-        self.failures: list[str] = []
+        self.failures: list[Failure] = []
         self.answers = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                url = f"http://127.0.0.1:{self.service.http_port}/livez"
-                with urllib.request.urlopen(url, timeout=2) as reply:
-                    assert reply.status == 200
-                with grpc.insecure_channel(self.service.target) as channel:
-                    stub = rls_pb2_grpc.RateLimitServiceStub(channel)
-                    request = rl_request([("remote_address", "10.0.0.1")], domain="nowhere")
-                    assert stub.ShouldRateLimit(request, timeout=2).overall_code == OK
-                self.answers += 1
-            except (OSError, urllib.error.URLError, grpc.RpcError, AssertionError) as exc:
-                self.failures.append(repr(exc))
+            self._ask("http", self._ask_http)
+            self._ask("grpc", self._ask_grpc)
             time.sleep(0.01)
+
+    def _ask(self, port: str, ask: Callable[[], None]) -> None:
+        try:
+            ask()
+            self.answers += 1
+        except (OSError, urllib.error.URLError, grpc.RpcError, AssertionError) as exc:
+            self.failures.append(Failure(time.monotonic(), port, repr(exc)))
+
+    def _ask_http(self) -> None:
+        url = f"http://127.0.0.1:{self.service.http_port}/livez"
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            assert reply.status == 200
+
+    def _ask_grpc(self) -> None:
+        with grpc.insecure_channel(self.service.target) as channel:
+            stub = rls_pb2_grpc.RateLimitServiceStub(channel)
+            request = rl_request([("remote_address", "10.0.0.1")], domain="nowhere")
+            assert stub.ShouldRateLimit(request, timeout=2).overall_code == OK
+
+    def unexplained(self, killed_at: float) -> list[Failure]:
+        """The failures that are not the one call per port the killed worker had in hand."""
+        in_flight: set[str] = set()
+        unexplained = []
+        for failure in self.failures:
+            explained = (
+                killed_at <= failure.at <= killed_at + IN_FLIGHT_S
+                and failure.port not in in_flight
+                and not any(sign in failure.what for sign in FAILED_TO_CONNECT)
+            )
+            if explained:
+                in_flight.add(failure.port)
+            else:
+                unexplained.append(failure)
+        return unexplained
 
     @contextmanager
     def running(self) -> Iterator[PortWatcher]:
@@ -124,14 +164,16 @@ def test_a_killed_worker_is_replaced_and_the_ports_keep_answering(
         victim = min(first)
         with PortWatcher(service).running() as watcher:
             time.sleep(0.5)
+            killed_at = time.monotonic()
             os.kill(victim, signal.SIGKILL)
             replaced_after = wait_for(
                 lambda: len(children(supervisor) - first) == 1, 2.0, "a replacement started"
             )
             wait_for(lambda: service.log().count("ratelimitd listening") == 3, 20, "it serves")
             time.sleep(0.5)
-        assert watcher.failures == [], watcher.failures[:3]
-        assert watcher.answers > 20
+        assert watcher.unexplained(killed_at) == [], watcher.failures[:3]
+        assert len(watcher.failures) <= 2
+        assert watcher.answers > 40
         now = children(supervisor)
         assert len(now) == 2 and victim not in now
         assert replaced_after < 2.0

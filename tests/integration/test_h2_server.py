@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import random
 import string
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,8 +34,9 @@ from grpc_health.v1 import health_pb2
 
 from ratelimitd.server.h2 import frames as f
 from ratelimitd.server.h2.calls import MAX_QUEUED_MESSAGES
-from ratelimitd.server.h2.connection import MAX_STREAMS
+from ratelimitd.server.h2.limits import DEFAULT_LIMITS, Limits
 from ratelimitd.server.h2.server import Http2Server
+from tests.helpers import until
 from tests.integration.conftest import StartServer
 
 SERVICE = "test.Native"
@@ -396,14 +398,29 @@ class Native:
     service: Service
 
 
+StartNative = Callable[[Limits], Awaitable[Native]]
+
+
 @pytest.fixture
-async def native() -> AsyncIterator[Native]:
-    service = Service()
-    server = Http2Server(MAX_MESSAGE)
-    server.add_registered_method_handlers(SERVICE, service.handlers())
-    port = await server.start("127.0.0.1", 0)
-    yield Native(server, port, service)
-    await server.stop(grace=0)
+async def native_with() -> AsyncIterator[StartNative]:
+    """Starts a native server with the test handlers and the given limits."""
+    servers: list[Http2Server] = []
+
+    async def start(limits: Limits) -> Native:
+        service = Service()
+        server = Http2Server(MAX_MESSAGE, limits)
+        server.add_registered_method_handlers(SERVICE, service.handlers())
+        servers.append(server)
+        return Native(server, await server.start("127.0.0.1", 0), service)
+
+    yield start
+    for server in servers:
+        await server.stop(grace=0)
+
+
+@pytest.fixture
+async def native(native_with: StartNative) -> Native:
+    return await native_with(DEFAULT_LIMITS)
 
 
 async def event_set(event: asyncio.Event) -> None:
@@ -629,8 +646,9 @@ async def test_request_ended_by_client_trailers_is_answered(
 
 
 async def test_header_block_split_over_continuation_reaches_the_handler_intact(
-    native: Native, connect: Connect
+    native_with: StartNative, connect: Connect
 ) -> None:
+    native = await native_with(Limits(max_header_list=64 * 1024))
     client = await connect(native.port)
     value = random_text(30_000)
     response = await client.call(METADATUM, b"x-big", metadata=[("x-big", value)])
@@ -726,7 +744,7 @@ async def test_streams_over_the_limit_are_refused_and_the_open_ones_complete(
 ) -> None:
     client = await connect(native.port)
     # opened before h2 has read the server's MAX_CONCURRENT_STREAMS, so h2 lets it through
-    stream_ids = [client.start(ECHO) for _ in range(MAX_STREAMS + 1)]
+    stream_ids = [client.start(ECHO) for _ in range(DEFAULT_LIMITS.max_concurrent_streams + 1)]
     *open_ids, refused_id = stream_ids
     refused = client.on(refused_id)
     await client.wait_for(lambda: refused.reset is not None)
@@ -845,3 +863,434 @@ async def test_a_request_that_does_not_parse_is_invalid_argument(
     response = await client.call("/grpc.health.v1.Health/Check", b"\xff\xff\xff")
     assert response.status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert response.blocks[-1]["grpc-message"].startswith("malformed request")
+
+
+# -- conformance: what h2spec checks (docs/reliability.md) ----------------------------------
+
+
+def request_block(
+    encoder: hpack.Encoder, path: str = ECHO, extra: list[tuple[str, str]] | None = None
+) -> bytes:
+    """A gRPC request's header block, by the given encoder (which keeps its table)."""
+    return encoder.encode(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            *(extra or []),
+        ]
+    )
+
+
+def headers_frame(stream_id: int, block: bytes, end_stream: bool = False) -> bytes:
+    return f.frame(f.HEADERS, f.END_HEADERS | (f.END_STREAM if end_stream else 0), stream_id, block)
+
+
+def data_frame(stream_id: int, data: bytes, end_stream: bool = True) -> bytes:
+    return f.frame(f.DATA, f.END_STREAM if end_stream else 0, stream_id, data)
+
+
+async def raw_client(native: Native, connect: Connect) -> Client:
+    """A client writing its own frames, past the preface and an empty SETTINGS."""
+    client = await connect(native.port, raw=True)
+    client.write(f.PREFACE + f.settings({}))
+    return client
+
+
+async def still_answers(native: Native, connect: Connect) -> None:
+    again = await connect(native.port)
+    response = await again.call(ECHO, b"still here")
+    assert (response.status, response.message) == (0, b"still here")
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        f.rst_stream(1, f.CANCEL),
+        f.window_update(1, 1),
+        f.settings({f.ENABLE_PUSH: 2}),
+        headers_frame(5, STATIC_REQUEST + b"\x84", end_stream=True)
+        + headers_frame(3, STATIC_REQUEST, end_stream=True),
+    ],
+    ids=["rst-on-idle", "window-update-on-idle", "enable-push-2", "lower-stream-id"],
+)
+async def test_more_connection_errors_end_with_goaway_protocol_error(
+    native: Native, connect: Connect, frames: bytes
+) -> None:
+    client = await raw_client(native, connect)
+    client.write(frames)
+    await client.wait_closed()
+    assert client.goaway is not None and client.goaway[1] == f.PROTOCOL_ERROR
+
+
+async def test_the_first_frame_must_be_settings(native: Native, connect: Connect) -> None:
+    client = await connect(native.port, raw=True)
+    client.write(f.PREFACE + f.frame(f.PING, 0, 0, bytes(8)))
+    await client.wait_closed()
+    assert client.goaway == (0, f.PROTOCOL_ERROR)
+
+
+@pytest.mark.parametrize("kind", [f.DATA, f.HEADERS])
+async def test_frames_on_a_stream_the_client_ended_and_was_answered_are_stream_closed(
+    native: Native, connect: Connect, kind: int
+) -> None:
+    client = await raw_client(native, connect)
+    encoder = hpack.Encoder()
+    client.write(headers_frame(1, request_block(encoder)) + data_frame(1, grpc_body(b"x")))
+    await client.wait_for(lambda: client.on(1).ended)
+    late = data_frame(1, b"late") if kind == f.DATA else headers_frame(1, request_block(encoder))
+    client.write(late)
+    await client.wait_closed()
+    assert client.goaway == (1, f.STREAM_CLOSED)
+
+
+async def test_frames_on_a_stream_the_client_reset_are_stream_closed(
+    native: Native, connect: Connect
+) -> None:
+    client = await raw_client(native, connect)
+    client.write(headers_frame(1, request_block(hpack.Encoder())) + f.rst_stream(1, f.CANCEL))
+    client.write(data_frame(1, b"late"))
+    await client.wait_closed()
+    assert client.goaway == (1, f.STREAM_CLOSED)
+
+
+async def test_data_after_end_stream_on_a_call_in_progress_resets_only_that_stream(
+    native: Native, connect: Connect
+) -> None:
+    client = await raw_client(native, connect)
+    encoder = hpack.Encoder()
+    client.write(headers_frame(1, request_block(encoder, SLOW)) + data_frame(1, grpc_body(b"")))
+    await event_set(native.service.started)
+    client.write(data_frame(1, b"more"))
+    await client.wait_for(lambda: client.on(1).reset is not None)
+    assert client.on(1).reset == f.STREAM_CLOSED
+    await event_set(native.service.cancelled)
+    client.write(headers_frame(3, request_block(encoder)) + data_frame(3, grpc_body(b"on")))
+    response = await client.response(3)
+    assert (response.status, response.message) == (0, b"on")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [(":method", "POST"), (":scheme", "http"), (":path", ECHO), ("X-Upper", "1")],
+        [(":method", "POST"), (":scheme", "http"), (":path", ECHO), (":unknown", "1")],
+        [(":method", "POST"), (":scheme", "http"), (":path", ECHO), (":status", "200")],
+        [(":method", "POST"), (":scheme", "http"), ("te", "trailers"), (":path", ECHO)],
+        [(":method", "POST"), (":scheme", "http"), (":path", ECHO), ("connection", "close")],
+        [(":method", "POST"), (":scheme", "http"), (":path", ECHO), ("te", "gzip")],
+        [(":method", "POST"), (":scheme", "http"), (":path", "")],
+        [(":scheme", "http"), (":path", ECHO)],
+        [(":method", "POST"), (":path", ECHO)],
+        [(":method", "POST"), (":scheme", "http")],
+        [(":method", "POST"), (":method", "POST"), (":scheme", "http"), (":path", ECHO)],
+        [(":method", "POST"), (":scheme", "http"), (":path", ECHO), (":path", ECHO)],
+    ],
+    ids=[
+        "uppercase",
+        "unknown-pseudo",
+        "response-pseudo",
+        "pseudo-after-regular",
+        "connection-specific",
+        "te-not-trailers",
+        "empty-path",
+        "no-method",
+        "no-scheme",
+        "no-path",
+        "two-methods",
+        "two-paths",
+    ],
+)
+async def test_a_malformed_request_resets_its_stream_and_the_connection_goes_on(
+    native: Native, connect: Connect, fields: list[tuple[str, str]]
+) -> None:
+    client = await raw_client(native, connect)
+    encoder = hpack.Encoder()
+    client.write(headers_frame(1, encoder.encode(fields), end_stream=True))
+    client.write(headers_frame(3, request_block(encoder)) + data_frame(3, grpc_body(b"next")))
+    response = await client.response(3)
+    assert (response.status, response.message) == (0, b"next")
+    assert client.on(1).reset == f.PROTOCOL_ERROR
+    assert client.on(1).blocks == []
+
+
+@pytest.mark.parametrize("declared", [3, 100])
+async def test_a_content_length_unlike_the_body_resets_the_stream(
+    native: Native, connect: Connect, declared: int
+) -> None:
+    client = await raw_client(native, connect)
+    block = request_block(hpack.Encoder(), extra=[("content-length", str(declared))])
+    client.write(headers_frame(1, block) + data_frame(1, grpc_body(b"twelve bytes")))
+    await client.wait_for(lambda: client.on(1).reset is not None)
+    assert client.on(1).reset == f.PROTOCOL_ERROR
+
+
+async def test_a_content_length_like_the_body_is_answered(native: Native, connect: Connect) -> None:
+    client = await raw_client(native, connect)
+    body = grpc_body(b"twelve bytes")
+    block = request_block(hpack.Encoder(), extra=[("content-length", str(len(body)))])
+    client.write(headers_frame(1, block) + data_frame(1, body[:5], False) + data_frame(1, body[5:]))
+    response = await client.response(1)
+    assert (response.status, response.message) == (0, b"twelve bytes")
+
+
+async def test_a_stream_depending_on_itself_is_reset(native: Native, connect: Connect) -> None:
+    client = await raw_client(native, connect)
+    encoder = hpack.Encoder()
+    priority = (1).to_bytes(4, "big") + b"\x10"  # depends on stream 1, weight 17
+    flags = f.END_HEADERS | f.END_STREAM | f.PRIORITY_FLAG
+    client.write(f.frame(f.HEADERS, flags, 1, priority + request_block(encoder)))
+    client.write(f.frame(f.PRIORITY, 0, 3, (3).to_bytes(4, "big") + b"\x10"))
+    await client.wait_for(lambda: client.on(3).reset is not None)
+    assert (client.on(1).reset, client.on(3).reset) == (f.PROTOCOL_ERROR, f.PROTOCOL_ERROR)
+    await still_answers(native, connect)
+
+
+async def test_a_stream_window_over_2_31_resets_only_that_stream(
+    native: Native, connect: Connect
+) -> None:
+    client, stream_id = await slow_call_started(native, connect)
+    client.write(f.window_update(stream_id, f.MAX_WINDOW) * 2)
+    await client.wait_for(lambda: client.on(stream_id).reset is not None)
+    assert client.on(stream_id).reset == f.FLOW_CONTROL_ERROR
+    await event_set(native.service.cancelled)
+    response = await client.call(ECHO, b"on the same connection")
+    assert response.status == 0
+
+
+# -- limits (server/h2/limits.py) --------------------------------------------------------------
+
+
+def limited(name: str) -> float:
+    from ratelimitd import metrics
+
+    value = metrics.REGISTRY.get_sample_value("ratelimitd_h2_limited_total", {"limit": name})
+    return value or 0.0
+
+
+async def calmed(client: Client) -> None:
+    await client.wait_closed()
+    assert client.goaway is not None and client.goaway[1] == f.ENHANCE_YOUR_CALM
+
+
+async def test_a_header_list_over_the_limit_fails_that_call_only(
+    native: Native, connect: Connect
+) -> None:
+    client = await connect(native.port)
+    before = limited("header_list")
+    big = await client.call(METADATUM, b"x-big", metadata=[("x-big", "v" * 20_000)])
+    assert big.status == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert "header list" in big.blocks[-1]["grpc-message"]
+    small = await client.call(ECHO, b"the connection goes on")
+    assert (small.status, small.message) == (0, b"the connection goes on")
+    assert limited("header_list") == before + 1
+
+
+async def test_rapid_reset_ends_the_connection_with_enhance_your_calm(
+    native_with: StartNative, connect: Connect
+) -> None:
+    native = await native_with(Limits(resets_burst=20, resets_per_s=1))
+    client = await raw_client(native, connect)
+    encoder = hpack.Encoder()
+    before = limited("resets")
+    client.write(
+        b"".join(
+            headers_frame(sid, request_block(encoder)) + f.rst_stream(sid, f.CANCEL)
+            for sid in range(1, 200, 2)
+        )
+    )
+    await calmed(client)
+    assert limited("resets") == before + 1
+    await still_answers(native, connect)
+
+
+@pytest.mark.parametrize(
+    "flood",
+    [
+        headers_frame(1, request_block(hpack.Encoder())) + data_frame(1, b"", False) * 50,
+        f.frame(f.HEADERS, 0, 1, b"") + f.frame(f.CONTINUATION, 0, 1, b"") * 50,
+        f.frame(f.PING, 0, 0, bytes(8)) * 50,
+        f.settings({}) * 50,
+    ],
+    ids=["empty-data", "empty-continuation", "ping", "settings"],
+)
+async def test_a_frame_flood_ends_the_connection_with_enhance_your_calm(
+    native_with: StartNative, connect: Connect, flood: bytes
+) -> None:
+    quick = {"burst": 10, "per_s": 1.0}
+    native = await native_with(
+        Limits(
+            empty_frames_burst=quick["burst"],
+            empty_frames_per_s=quick["per_s"],
+            pings_burst=quick["burst"],
+            pings_per_s=quick["per_s"],
+            settings_burst=quick["burst"],
+            settings_per_s=quick["per_s"],
+            max_continuations=100,
+        )
+    )
+    client = await raw_client(native, connect)
+    client.write(flood)
+    await calmed(client)
+    await still_answers(native, connect)
+
+
+@pytest.mark.parametrize(
+    ("continuation", "count"),
+    [(b"\x00" * 0, 17), (bytes(16_384), 5)],
+    ids=["many-frames", "large-block"],
+)
+async def test_a_header_block_too_long_ends_the_connection(
+    native: Native, connect: Connect, continuation: bytes, count: int
+) -> None:
+    client = await raw_client(native, connect)
+    frames = [f.frame(f.CONTINUATION, 0, 1, continuation) for _ in range(count)]
+    client.write(f.frame(f.HEADERS, 0, 1, STATIC_REQUEST) + b"".join(frames))
+    await calmed(client)
+
+
+async def test_an_hpack_bomb_ends_the_connection(native: Native, connect: Connect) -> None:
+    """One 4 KiB field in the table, then referred to 100 times: 400 KiB decoded from a few
+    hundred bytes. Decoding stops at the hard limit; the connection ends."""
+    client = await raw_client(native, connect)
+    encoder = hpack.Encoder()
+    first = request_block(encoder, extra=[("x-bomb", "b" * 4000)])
+    index = b"\xbe"  # dynamic table entry 62: the field just added
+    client.write(
+        headers_frame(1, first, end_stream=True) + headers_frame(3, first[:0] + index * 100)
+    )
+    await calmed(client)
+
+
+async def test_connections_over_the_limit_get_goaway(
+    native_with: StartNative, connect: Connect
+) -> None:
+    native = await native_with(Limits(max_connections=2))
+    first, second = await connect(native.port), await connect(native.port)
+    await first.ping(b"first...")
+    await second.ping(b"second..")
+    third = await connect(native.port)
+    await calmed(third)
+    await first.close()
+    await third.close()
+    await until(lambda: len(native.server.connections) < 2)
+    await still_answers(native, connect)
+
+
+async def test_a_connection_without_a_handshake_is_closed(
+    native_with: StartNative, connect: Connect
+) -> None:
+    native = await native_with(Limits(handshake_timeout_s=0.2))
+    client = await connect(native.port, raw=True)
+    client.write(f.PREFACE[:10])
+    await client.wait_closed()
+
+
+async def test_an_idle_connection_gets_goaway_and_is_closed(
+    native_with: StartNative, connect: Connect
+) -> None:
+    native = await native_with(Limits(idle_timeout_s=0.2))
+    client = await connect(native.port)
+    assert (await client.call(ECHO, b"x")).status == 0
+    await client.wait_closed()
+    assert client.goaway == (1, f.NO_ERROR)
+
+
+async def test_a_request_body_that_never_ends_is_deadline_exceeded(
+    native_with: StartNative, connect: Connect
+) -> None:
+    native = await native_with(Limits(request_body_timeout_s=0.2))
+    client = await connect(native.port)
+    stream_id = client.start(ECHO)
+    client.send(stream_id, b"\x00\x00\x00", end_stream=False)
+    response = await client.response(stream_id)
+    assert response.status == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    await client.wait_for(lambda: client.on(stream_id).reset is not None)
+    assert client.on(stream_id).reset == f.NO_ERROR
+
+
+async def test_request_bytes_are_credited_back_only_as_the_call_takes_them(
+    native_with: StartNative, connect: Connect
+) -> None:
+    """A streaming handler that reads nothing holds what was sent: no connection credit comes
+    back for it until it reads."""
+    native = await native_with(Limits(connection_buffer=f.DEFAULT_WINDOW))
+    client = await connect(native.port)
+    stream_id = client.start(f"/{SERVICE}/Stalled")
+    for _ in range(40):
+        client.send(stream_id, grpc_body(bytes(1000)), end_stream=False)
+    await client.ping(b"settled.")
+
+    def credited() -> int:
+        updates = [fr for fr in client.frames if fr.kind == f.WINDOW_UPDATE and not fr.stream_id]
+        return sum(int.from_bytes(fr.payload, "big") for fr in updates)
+
+    assert credited() == 0
+    native.service.release.set()
+    await client.wait_for(lambda: len(client.on(stream_id).messages) == 40)
+    await client.wait_for(lambda: credited() >= 36 * 1005)
+
+
+async def test_frames_past_the_work_per_read_are_read_on_the_next_turn(
+    native_with: StartNative, connect: Connect
+) -> None:
+    native = await native_with(Limits(frames_per_read=3))
+    client = await raw_client(native, connect)
+    encoder = hpack.Encoder()
+    client.write(
+        b"".join(
+            headers_frame(sid, request_block(encoder)) + data_frame(sid, grpc_body(b"%d" % sid))
+            for sid in range(1, 80, 2)
+        )
+    )
+    for sid in range(1, 80, 2):
+        response = await client.response(sid)
+        assert (response.status, response.message) == (0, b"%d" % sid)
+
+
+async def test_the_goaway_arrives_although_the_client_goes_on_sending(
+    native: Native, connect: Connect
+) -> None:
+    client = await raw_client(native, connect)
+    client.write(
+        f.frame(f.PUSH_PROMISE, 0x4, 1, bytes(4)) + f.frame(f.PING, 0, 0, bytes(8)) * 20_000
+    )
+    await client.wait_closed()
+    assert client.goaway == (0, f.PROTOCOL_ERROR)
+
+
+async def test_cancelled_calls_leave_no_garbage_cycles(
+    native_with: StartNative, connect: Connect
+) -> None:
+    """With the collector off (the service collects old objects rarely: app.tune_gc), calls
+    reset by their client must be freed by reference counting alone."""
+    native = await native_with(Limits(resets_burst=10**9))
+    client = await raw_client(native, connect)
+    encoder = hpack.Encoder()
+    block = request_block(encoder, ECHO)
+    client.write(headers_frame(1, block) + data_frame(1, grpc_body(b"warm")))
+    await client.response(1)
+    gc.collect()
+    gc.disable()
+    try:
+        stream_ids = iter(range(3, 100_000, 2))
+        for _ in range(20):
+            batch = [next(stream_ids) for _ in range(100)]
+            client.write(
+                b"".join(
+                    headers_frame(sid, request_block(encoder, SLOW))
+                    + data_frame(sid, grpc_body(b""))
+                    + f.rst_stream(sid, f.CANCEL)
+                    for sid in batch
+                )
+            )
+            payload = b"%08d" % batch[0]
+            client.write(f.frame(f.PING, 0, 0, payload))
+            await client.wait_for(lambda: payload in client.ping_acks)  # noqa: B023
+        await asyncio.sleep(0.05)
+        garbage = gc.collect()
+    finally:
+        gc.enable()
+    assert garbage < 200, f"{garbage} objects in cycles after 2,000 cancelled calls"

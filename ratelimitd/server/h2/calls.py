@@ -31,8 +31,8 @@ log = get_logger(__name__)
 
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 _NOT_METADATA = (b"content-type", b"te", b"user-agent")
-# a streaming request's messages not yet taken by its handler (flow control is given back as
-# they arrive, so this is what bounds them)
+# a streaming request's messages not yet taken by its handler (their bytes count against the
+# connection's window until taken, and this bounds them per stream)
 MAX_QUEUED_MESSAGES = 64
 Metadata = tuple[tuple[str, str | bytes], ...]
 
@@ -198,7 +198,7 @@ class Calls:
         assert handler is not None
         request: Any
         if body is None:
-            request = _requests(stream, handler.request_deserializer)
+            request = _requests(connection, stream, handler.request_deserializer)
         else:
             message = _one_message(body)
             if isinstance(message, Abort):
@@ -244,8 +244,7 @@ class Calls:
 
     @staticmethod
     def refuse(connection: Connection, stream: Stream, code: grpc.StatusCode, details: str) -> None:
-        if stream.task is not None:
-            stream.task.cancel()
+        connection.cancel(stream)
         connection.refuse(stream, _trailers_only(code, details))
 
     async def _run(
@@ -322,10 +321,13 @@ async def _write_stream(handler: grpc.RpcMethodHandler, request: Any, context: C
         await result
 
 
-async def _requests(stream: Stream, deserializer: Any) -> AsyncIterator[Any]:
+async def _requests(
+    connection: Connection, stream: Stream, deserializer: Any
+) -> AsyncIterator[Any]:
     queue = stream.messages
     assert queue is not None
     while (message := await queue.get()) is not None:
+        connection.consumed(stream, len(message) + 5)  # credit for the client to send more
         yield deserializer(message) if deserializer is not None else message
 
 

@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import hpack
 
-MAX_REMEMBERED_BLOCKS = 256
+MAX_REMEMBERED_BLOCKS = 64
 MAX_MESSAGE_CHARS = 1024  # grpc-message beyond this is cut (it is for people, not machines)
 
 Headers = list[tuple[bytes, bytes]]
@@ -69,28 +69,119 @@ def leaves_table_alone(block: bytes) -> bool:
         return False
 
 
+class Malformed(Exception):
+    """A request header block RFC 9113 §8.1.1 calls malformed: a stream error of type
+    PROTOCOL_ERROR for that request, the connection goes on."""
+
+
+class TooLarge(Exception):
+    """A decoded header list over the connection's limit: that call fails."""
+
+
+_REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
+_REQUIRED_PSEUDO = (b":method", b":scheme", b":path")
+_CONNECTION_SPECIFIC = frozenset(
+    (b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade")
+)
+FIELD_OVERHEAD = 32  # what each field adds to a header list's size (RFC 9113 §6.5.2)
+
+
+def list_size(headers: Headers) -> int:
+    return sum(len(name) + len(value) + FIELD_OVERHEAD for name, value in headers)
+
+
+def _check_field(name: bytes, value: bytes) -> None:
+    if name.lower() != name:
+        raise Malformed(f"an uppercase header name {name!r}")
+    if name in _CONNECTION_SPECIFIC:
+        raise Malformed(f"a connection-specific header {name!r}")
+    if name == b"te" and value != b"trailers":
+        raise Malformed("te other than trailers")
+
+
+def check_request(headers: Headers) -> int | None:
+    """Raises `Malformed` unless the headers make a well-formed request (RFC 9113 §8.3.1);
+    returns its content-length, if it says one."""
+    seen: set[bytes] = set()
+    regular = False
+    content_length = None
+    for name, value in headers:
+        if name.startswith(b":"):
+            if regular:
+                raise Malformed(f"pseudo-header {name!r} after a regular field")
+            if name not in _REQUEST_PSEUDO:
+                raise Malformed(f"pseudo-header {name!r} in a request")
+            if name in seen:
+                raise Malformed(f"pseudo-header {name!r} twice")
+            seen.add(name)
+            continue
+        regular = True
+        _check_field(name, value)
+        if name == b"content-length":
+            if not value.isdigit() or content_length is not None:
+                raise Malformed("a bad content-length")
+            content_length = int(value)
+    missing = [name for name in _REQUIRED_PSEUDO if name not in seen]
+    if missing:
+        raise Malformed(f"no {b', '.join(missing).decode()}")
+    if not dict(headers)[b":path"]:
+        raise Malformed("an empty :path")
+    return content_length
+
+
+def check_trailers(headers: Headers) -> None:
+    for name, value in headers:
+        if name.startswith(b":"):
+            raise Malformed(f"pseudo-header {name!r} in trailers")
+        _check_field(name, value)
+
+
 class RequestHeaders(Generic[Parsed]):
     """One connection's HPACK decoder; blocks of indices only are remembered as `parse` read
-    them."""
+    them (a bounded number, small ones only).
 
-    def __init__(self, max_header_list_size: int, parse: Callable[[Headers], Parsed]) -> None:
-        self._decoder = hpack.Decoder(max_header_list_size=max_header_list_size)
+    Decoding stops with `hpack.OversizedHeaderListError` past `hard_limit` (a connection
+    error: the table is lost); a list over `soft_limit` raises `TooLarge`, a malformed one
+    `Malformed`, with the table intact (the connection goes on)."""
+
+    def __init__(
+        self,
+        parse: Callable[[Headers], Parsed],
+        soft_limit: int,
+        hard_limit: int,
+        remembered_blocks: int = MAX_REMEMBERED_BLOCKS,
+        remembered_block_size: int = 1024,
+    ) -> None:
+        self._decoder = hpack.Decoder(max_header_list_size=hard_limit)
         self._parse = parse
-        self._remembered: dict[bytes, Parsed] = {}
+        self._soft_limit = soft_limit
+        self._max_blocks = remembered_blocks
+        self._max_block_size = remembered_block_size
+        self._remembered: dict[bytes, tuple[Parsed, int | None]] = {}
 
-    def read(self, block: bytes) -> Parsed:
-        """Raises `hpack.HPACKError` on a bad block (a connection error: the table is lost)."""
-        parsed = self._remembered.get(block)
-        if parsed is not None:
-            return parsed
-        parsed = self._parse(self._decoder.decode(block, raw=True))  # type: ignore[arg-type]
-        if leaves_table_alone(block):
-            if len(self._remembered) >= MAX_REMEMBERED_BLOCKS:
-                self._remembered.clear()
-            self._remembered[block] = parsed
-        else:  # the table may have changed under every remembered block
+    def read(self, block: bytes) -> tuple[Parsed, int | None]:
+        """The parsed request and its content-length."""
+        remembered = self._remembered.get(block)
+        if remembered is not None:
+            return remembered
+        headers: Headers = self._decoder.decode(block, raw=True)  # type: ignore[assignment]
+        rememberable = leaves_table_alone(block)
+        if not rememberable:  # the table may have changed under every remembered block
             self._remembered.clear()
-        return parsed
+        size = list_size(headers)
+        if size > self._soft_limit:
+            raise TooLarge(f"a header list of {size} bytes, over {self._soft_limit}")
+        read = self._parse(headers), check_request(headers)
+        if rememberable and len(block) <= self._max_block_size:
+            if len(self._remembered) >= self._max_blocks:
+                self._remembered.clear()
+            self._remembered[block] = read
+        return read
+
+    def read_trailers(self, block: bytes) -> None:
+        headers: Headers = self._decoder.decode(block, raw=True)  # type: ignore[assignment]
+        self._remembered.clear()  # rare: no need to know whether the table moved
+        check_trailers(headers)
 
 
 def _length(value: int) -> bytes:
@@ -130,8 +221,17 @@ def grpc_message(message: str) -> bytes:
     return quote(text, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~", encoding="utf-8").encode()
 
 
+GRPC_DEADLINE_EXCEEDED = 4
+GRPC_RESOURCE_EXHAUSTED = 8
+
+
 def status_fields(code: int, message: str) -> bytes:
     fields = literal(b"grpc-status", str(code).encode())
     if message:
         fields += literal(b"grpc-message", grpc_message(message))
     return fields
+
+
+def trailers_only(code: int, message: str) -> bytes:
+    """A complete answer in one header block: `:status` 200 and a gRPC status."""
+    return RESPONSE_HEADERS + status_fields(code, message)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import Sequence
 
@@ -23,18 +24,14 @@ import grpc
 
 from ratelimitd.server.h2.calls import Calls
 from ratelimitd.server.h2.connection import Connection
-
-
-def bind_host(host: str) -> str | None:
-    """grpc's address forms ("[::]", "0.0.0.0", "") as asyncio's."""
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host or None
+from ratelimitd.server.h2.limits import DEFAULT_LIMITS, Limits
+from ratelimitd.server.listen import BACKLOG, bind_host
 
 
 class Http2Server:
-    def __init__(self, max_message: int) -> None:
+    def __init__(self, max_message: int, limits: Limits = DEFAULT_LIMITS) -> None:
         self.calls = Calls(max_message)
+        self.limits = limits
         self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
 
@@ -53,21 +50,29 @@ class Http2Server:
         *,
         reuse_port: bool = False,
         ssl_context: ssl.SSLContext | None = None,
+        sock: socket.socket | None = None,
     ) -> int:
-        """Listens; returns the port (the one chosen when `port` is 0)."""
+        """Listens on `sock`, or on `host`:`port`; returns the port (the one chosen when `port`
+        is 0)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._new_connection,
-            host=bind_host(host),
-            port=port,
-            reuse_port=reuse_port or None,
-            ssl=ssl_context,
-            backlog=1024,
-        )
+        if sock is not None:
+            self._server = await loop.create_server(
+                self._new_connection, sock=sock, ssl=ssl_context, backlog=BACKLOG
+            )
+        else:
+            self._server = await loop.create_server(
+                self._new_connection,
+                host=bind_host(host),
+                port=port,
+                reuse_port=reuse_port or None,
+                ssl=ssl_context,
+                backlog=BACKLOG,
+            )
         return int(self._server.sockets[0].getsockname()[1])
 
     def _new_connection(self) -> Connection:
-        connection = Connection(self.calls, self.connections.discard)
+        refuse = len(self.connections) >= self.limits.max_connections
+        connection = Connection(self.calls, self.connections.discard, self.limits, refuse)
         self.connections.add(connection)
         return connection
 
