@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import gc
+import os
 import random
 import string
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,6 +39,7 @@ from ratelimitd.server.h2.limits import DEFAULT_LIMITS, Limits
 from ratelimitd.server.h2.server import Http2Server
 from tests.helpers import until
 from tests.integration.conftest import StartServer
+from tests.reliability.harness import rss_bytes
 
 SERVICE = "test.Native"
 ECHO = f"/{SERVICE}/Echo"
@@ -1188,6 +1190,23 @@ async def test_a_connection_without_a_handshake_is_closed(
     await client.wait_closed()
 
 
+@pytest.mark.parametrize("unfinished", ["frame", "header block"])
+async def test_a_frame_or_header_block_not_finished_in_time_closes_the_connection(
+    native_with: StartNative, connect: Connect, unfinished: str
+) -> None:
+    """Slowloris after the handshake: a frame sent a byte at a time, or a HEADERS frame whose
+    CONTINUATION never comes, must not hold a connection slot for the idle timeout."""
+    native = await native_with(Limits(partial_frame_timeout_s=0.2))
+    client = await raw_client(native, connect)
+    block = request_block(hpack.Encoder(), ECHO)
+    if unfinished == "frame":
+        client.write(headers_frame(1, block)[:-1])
+    else:
+        client.write(f.frame(f.HEADERS, 0, 1, block))
+    await client.wait_closed()
+    assert client.goaway == (0, f.NO_ERROR)
+
+
 async def test_an_idle_connection_gets_goaway_and_is_closed(
     native_with: StartNative, connect: Connect
 ) -> None:
@@ -1265,8 +1284,10 @@ async def test_cancelled_calls_leave_no_garbage_cycles(
     native_with: StartNative, connect: Connect
 ) -> None:
     """With the collector off (the service collects old objects rarely: app.tune_gc), calls
-    reset by their client must be freed by reference counting alone."""
-    native = await native_with(Limits(resets_burst=10**9))
+    reset by their client must be freed by reference counting alone: no garbage cycles, and
+    as many objects alive and as much memory taken after the resets as before them."""
+    resets = 100_000
+    native = await native_with(Limits(resets_burst=10**9, pings_burst=10**9))
     client = await raw_client(native, connect)
     encoder = hpack.Encoder()
     block = request_block(encoder, ECHO)
@@ -1275,8 +1296,9 @@ async def test_cancelled_calls_leave_no_garbage_cycles(
     gc.collect()
     gc.disable()
     try:
-        stream_ids = iter(range(3, 100_000, 2))
-        for _ in range(20):
+        objects_before, rss_before = len(gc.get_objects()), rss_bytes(os.getpid())
+        stream_ids = iter(range(3, 2 * resets + 3, 2))
+        for _ in range(resets // 100):
             batch = [next(stream_ids) for _ in range(100)]
             client.write(
                 b"".join(
@@ -1290,7 +1312,11 @@ async def test_cancelled_calls_leave_no_garbage_cycles(
             client.write(f.frame(f.PING, 0, 0, payload))
             await client.wait_for(lambda: payload in client.ping_acks)  # noqa: B023
         await asyncio.sleep(0.05)
+        client.ping_acks.clear()
+        objects_after, rss_after = len(gc.get_objects()), rss_bytes(os.getpid())
         garbage = gc.collect()
     finally:
         gc.enable()
-    assert garbage < 200, f"{garbage} objects in cycles after 2,000 cancelled calls"
+    assert objects_after - objects_before < 2_000, (objects_before, objects_after)
+    assert rss_after - rss_before < 16 << 20, (rss_before, rss_after)  # 100 MiB+ before the fix
+    assert garbage < 200, f"{garbage} objects in cycles after {resets:,} cancelled calls"

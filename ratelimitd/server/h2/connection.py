@@ -144,6 +144,7 @@ class Connection(asyncio.Protocol):
         self._pings = TokenBucket(limits.pings_per_s, limits.pings_burst)
         self._settings = TokenBucket(limits.settings_per_s, limits.settings_burst)
         self._made = self._idle_since = time.monotonic()
+        self._partial_since: float | None = None  # since when a frame is incomplete
         self._timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()  # kept: each asking costs a getpid system call
         self.idle = asyncio.Event()
@@ -230,6 +231,10 @@ class Connection(asyncio.Protocol):
             self._fail(f.COMPRESSION_ERROR, f"bad header block: {exc}")
             return
         self._buffer = buffer[position:]
+        if not (self._buffer or self._continuing):
+            self._partial_since = None
+        elif self._partial_since is None:  # slowloris: a frame begun, to be finished in time
+            self._partial_since = time.monotonic()
         if more != self._paused_for_work:
             self._paused_for_work = more
             self._follow_pauses()
@@ -253,23 +258,14 @@ class Connection(asyncio.Protocol):
                 raise f.H2Error(f.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
             position = len(f.PREFACE)
             self._preface_seen = True
-        end = len(buffer)
         budget = self.limits.frames_per_read
-        while end - position >= f.HEADER_SIZE:
-            length = int.from_bytes(buffer[position : position + 3], "big")
-            if length > f.DEFAULT_MAX_FRAME:
-                raise f.H2Error(f.FRAME_SIZE_ERROR, f"a frame of {length} bytes")
-            start = position + f.HEADER_SIZE
-            if start + length > end:
-                break
+        next_frame = f.next_frame
+        while (found := next_frame(buffer, position)) is not None:
             if not budget:
                 return position, True
             budget -= 1
-            kind = buffer[position + 3]
-            flags = buffer[position + 4]
-            stream_id = int.from_bytes(buffer[position + 5 : start], "big") & 0x7FFFFFFF
-            payload = buffer[start : start + length]
-            position = start + length
+            kind, flags, stream_id, start, position = found
+            payload = buffer[start:position]
             if self._continuing is not None and kind != f.CONTINUATION:
                 raise f.H2Error(f.PROTOCOL_ERROR, "a header block was interrupted")
             if kind == f.DATA:
@@ -300,14 +296,6 @@ class Connection(asyncio.Protocol):
 
     # -- frames in ------------------------------------------------------------------------
 
-    @staticmethod
-    def _unpad(flags: int, payload: bytes) -> bytes:
-        if flags & f.PADDED:
-            if not payload or payload[0] >= len(payload):
-                raise f.H2Error(f.PROTOCOL_ERROR, "padding longer than the frame")
-            return payload[1 : len(payload) - payload[0]]
-        return payload
-
     def _calm(self, limit: str, reason: str) -> f.H2Error:
         """A flood: the connection ends with ENHANCE_YOUR_CALM."""
         count(limit)
@@ -318,7 +306,7 @@ class Connection(asyncio.Protocol):
             raise f.H2Error(f.PROTOCOL_ERROR, "HEADERS on stream 0")
         if not self._settings_seen:
             raise f.H2Error(f.PROTOCOL_ERROR, "the first frame was not SETTINGS")
-        block = self._unpad(flags, payload)
+        block = f.unpad(flags, payload)
         self_dependent = False
         if flags & f.PRIORITY_FLAG:
             if len(block) < 5:
@@ -442,7 +430,7 @@ class Connection(asyncio.Protocol):
             return
         if not payload and not flags & f.END_STREAM and not self._empty_frames.take():
             raise self._calm("empty_frames", "too many empty frames")
-        data = self._unpad(flags, payload)
+        data = f.unpad(flags, payload)
         self._give_credit(len(payload) - len(data))
         stream.received += len(data)
         if stream.content_length is not None and stream.received > stream.content_length:
@@ -785,6 +773,11 @@ class Connection(asyncio.Protocol):
         if not self._settings_seen and now - self._made > limits.handshake_timeout_s:
             count("handshake_timeout")
             self._goaway_and_close(f.NO_ERROR, "no HTTP/2 handshake in time")
+            return
+        partial_since = self._partial_since
+        if partial_since is not None and now - partial_since > limits.partial_frame_timeout_s:
+            count("partial_frame_timeout")
+            self._goaway_and_close(f.NO_ERROR, "a frame not finished in time")
             return
         if not self.streams and now - self._idle_since > limits.idle_timeout_s:
             count("idle_timeout")

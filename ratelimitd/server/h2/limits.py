@@ -42,6 +42,7 @@ class Limits:
     settings_burst: int = 100
     # time
     handshake_timeout_s: float = 10.0  # for the preface and the first SETTINGS
+    partial_frame_timeout_s: float = 10.0  # for a frame or header block begun to be finished
     idle_timeout_s: float = 300.0  # with no call open; then GOAWAY and close
     request_body_timeout_s: float = 30.0  # from a unary request's headers to its end
     frames_per_read: int = 256  # then the loop serves others before this connection again
