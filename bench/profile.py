@@ -33,7 +33,7 @@ AREAS = (
 )
 
 
-# py-spy names ratelimitd's files relative to the package (`limiter.py`, `backends/redis.py`)
+# py-spy names ratelimitd's files relative to the package (`limiter.py`, `backends/redis/backend.py`)
 OWN_FILES = frozenset(
     str(path.relative_to(REPO_ROOT / "ratelimitd"))
     for path in (REPO_ROOT / "ratelimitd").rglob("*.py")

@@ -19,8 +19,8 @@ from ratelimitd import metrics
 from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2 as admin_pb2
 from ratelimitd.backends.base import Backend
 from ratelimitd.backends.memory import MemoryBackend
-from ratelimitd.backends.redis import RedisBackend
-from ratelimitd.backends.redis_client import RedisOptions
+from ratelimitd.backends.redis.backend import RedisBackend
+from ratelimitd.backends.redis.client import RedisOptions
 from ratelimitd.clock import Clock
 from ratelimitd.config import RateLimitConfig, load_config
 from ratelimitd.config.reloader import ConfigReloader
@@ -28,21 +28,21 @@ from ratelimitd.errors import BackendError
 from ratelimitd.limiter import Bounds, Limiter, LimiterOptions
 from ratelimitd.logs import get_logger
 from ratelimitd.loops import loop_name
-from ratelimitd.server.admin_service import SERVICE_NAME as ADMIN_SERVICE
-from ratelimitd.server.admin_service import AdminServicer
-from ratelimitd.server.batch_service import SERVICE_NAME as BATCH_SERVICE
-from ratelimitd.server.batch_service import BatchServicer
-from ratelimitd.server.encode import ResponseEncoder
-from ratelimitd.server.grpc_service import RateLimitServicer
-from ratelimitd.server.h2.limits import DEFAULT_LIMITS, Limits
-from ratelimitd.server.h2.server import Http2Server
-from ratelimitd.server.handlers import register_service
-from ratelimitd.server.http import HttpServer
-from ratelimitd.server.http_api import routes
-from ratelimitd.server.listen import inherited_socket
-from ratelimitd.server.prepared import PreparedRequests
-from ratelimitd.server.tls import ReloadingCredentials
+from ratelimitd.services.admin_service import SERVICE_NAME as ADMIN_SERVICE
+from ratelimitd.services.admin_service import AdminServicer
+from ratelimitd.services.batch_service import SERVICE_NAME as BATCH_SERVICE
+from ratelimitd.services.batch_service import BatchServicer
+from ratelimitd.services.encode import ResponseEncoder
+from ratelimitd.services.grpc_service import RateLimitServicer
+from ratelimitd.services.handlers import register_service
+from ratelimitd.services.http_api import routes
+from ratelimitd.services.prepared import PreparedRequests
 from ratelimitd.settings import Settings
+from ratelimitd.transport.h2.limits import DEFAULT_LIMITS, Limits
+from ratelimitd.transport.h2.server import Http2Server
+from ratelimitd.transport.http1 import HttpServer
+from ratelimitd.transport.listen import inherited_socket
+from ratelimitd.transport.tls import ReloadingCredentials
 from ratelimitd.workers import watch_supervisor
 
 log = get_logger("ratelimitd")

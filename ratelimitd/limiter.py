@@ -106,7 +106,7 @@ class Limiter:
     def prepare(self, request: Request) -> Prepared:
         """Validates `request` and matches it against the current config: all the work of a
         decision that does not depend on the counters, so a caller may reuse it (see
-        `server/prepared.py`) for as long as `prepared.config is limiter.config`."""
+        `services/prepared.py`) for as long as `prepared.config is limiter.config`."""
         validate(request, self.options.bounds)
         config = self.config  # one snapshot for the whole request, even across a reload
         plans = tuple(self._plan(config, request))

@@ -96,7 +96,7 @@ BACKEND_ERRORS = Counter(
 )
 H2_LIMITED = Counter(
     "ratelimitd_h2_limited",
-    "HTTP/2 clients stopped by a limit (server/h2/limits.py), by limit.",
+    "HTTP/2 clients stopped by a limit (transport/h2/limits.py), by limit.",
     ["limit"],
     registry=REGISTRY,
 )

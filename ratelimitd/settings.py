@@ -71,7 +71,7 @@ class Settings:
     max_entries: int = 32
     max_key_length: int = 1024
     max_value_length: int = 4096
-    # what one gRPC client may hold (server/h2/limits.py has the rest)
+    # what one gRPC client may hold (transport/h2/limits.py has the rest)
     max_connections: int = 1024
     max_concurrent_streams: int = 256
     idle_timeout_s: float = 300.0

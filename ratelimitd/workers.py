@@ -1,7 +1,7 @@
 """`--workers N`: N `serve` processes sharing the gRPC and HTTP ports.
 
 The supervisor binds the ports and its workers accept from those very sockets, so that the
-connections waiting to be accepted outlive a worker that dies (server/listen.py). grpcio's
+connections waiting to be accepted outlive a worker that dies (transport/listen.py). grpcio's
 server cannot adopt a socket: with `RATELIMITD_GRPC_SERVER=grpcio` its workers bind the gRPC
 port each with SO_REUSEPORT.
 
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from types import FrameType
 
 from ratelimitd.logs import get_logger
-from ratelimitd.server.listen import listening_socket
 from ratelimitd.settings import ENV_PREFIX, Settings
+from ratelimitd.transport.listen import listening_socket
 
 log = get_logger("ratelimitd.workers")
 

@@ -4,7 +4,7 @@
 the time, the limit and the cost of this hit, say whether the hit is allowed and what state to
 store if it is committed. Nothing is stored here: the backend commits `outcome.state` only when
 every limit of a descriptor allows the hit, so a denied hit costs nothing. Each algorithm has a
-Lua twin in `ratelimitd/backends/lua/` with the same arithmetic.
+Lua twin in `ratelimitd/backends/redis/lua/` with the same arithmetic.
 
 A `cost` of 0 is a probe: it consumes nothing and is over limit when nothing is left.
 """

@@ -14,8 +14,8 @@ import pytest
 
 from ratelimitd.backends.base import Backend
 from ratelimitd.backends.memory import MemoryBackend
-from ratelimitd.backends.redis import RedisBackend
-from ratelimitd.backends.redis_client import RedisOptions
+from ratelimitd.backends.redis.backend import RedisBackend
+from ratelimitd.backends.redis.client import RedisOptions
 from ratelimitd.clock import FakeClock
 from tests.servers.redis import RedisCluster, RedisSentinelSetup, RedisServer
 

@@ -20,9 +20,9 @@ from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2_grpc as pb_grpc
 from ratelimitd.app import ENVOY_SERVICE, App
 from ratelimitd.backends.base import Backend
 from ratelimitd.backends.memory import MemoryBackend
-from ratelimitd.backends.redis import RedisBackend
-from ratelimitd.backends.redis_client import RedisOptions
-from ratelimitd.server.admin_service import SERVICE_NAME as ADMIN_SERVICE
+from ratelimitd.backends.redis.backend import RedisBackend
+from ratelimitd.backends.redis.client import RedisOptions
+from ratelimitd.services.admin_service import SERVICE_NAME as ADMIN_SERVICE
 from tests.integration.conftest import StartServer
 from tests.integration.test_grpc_server import OK, OVER, rl_request
 from tests.servers.redis import RedisServer

@@ -11,10 +11,10 @@ from envoy.service.ratelimit.v3 import rls_pb2
 from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2 as pb
 from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2_grpc as pb_grpc
 from ratelimitd.app import App
-from ratelimitd.backends.redis import RedisBackend
-from ratelimitd.backends.redis_client import RedisOptions
+from ratelimitd.backends.redis.backend import RedisBackend
+from ratelimitd.backends.redis.client import RedisOptions
 from ratelimitd.clock import FakeClock
-from ratelimitd.server.batch_service import MAX_BATCH
+from ratelimitd.services.batch_service import MAX_BATCH
 from tests.integration.conftest import StartServer
 from tests.integration.test_grpc_server import RULES, rl_request
 from tests.servers.redis import RedisServer, free_port

@@ -33,10 +33,10 @@ from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2
 from grpc_health.v1 import health_pb2
 
-from ratelimitd.server.h2 import frames as f
-from ratelimitd.server.h2.calls import MAX_QUEUED_MESSAGES
-from ratelimitd.server.h2.limits import DEFAULT_LIMITS, Limits
-from ratelimitd.server.h2.server import Http2Server
+from ratelimitd.transport.h2 import frames as f
+from ratelimitd.transport.h2.calls import MAX_QUEUED_MESSAGES
+from ratelimitd.transport.h2.limits import DEFAULT_LIMITS, Limits
+from ratelimitd.transport.h2.server import Http2Server
 from tests.helpers import until
 from tests.integration.conftest import StartServer
 from tests.reliability.harness import rss_bytes
@@ -1062,7 +1062,7 @@ async def test_a_stream_window_over_2_31_resets_only_that_stream(
     assert response.status == 0
 
 
-# -- limits (server/h2/limits.py) --------------------------------------------------------------
+# -- limits (transport/h2/limits.py) --------------------------------------------------------------
 
 
 def limited(name: str) -> float:

@@ -1,4 +1,4 @@
-"""The operator HTTP port (ratelimitd/server/http.py) over real loopback sockets: keep-alive,
+"""The operator HTTP port (ratelimitd/transport/http1.py) over real loopback sockets: keep-alive,
 pipelining, the limits (431, 413, 408, write and idle timeouts, connection cap), errors, stop().
 
 Timeouts are made short per server; a test only asserts that something happened within a
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ratelimitd.server.http import MAX_BODY_BYTES, MAX_HEADER_BYTES, HttpServer, Response, text
+from ratelimitd.transport.http1 import MAX_BODY_BYTES, MAX_HEADER_BYTES, HttpServer, Response, text
 from tests.helpers import until
 from tests.integration.conftest import StartServer
 

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from ratelimitd.backends.base import CounterRequest, CounterResult
 from ratelimitd.backends.memory import MemoryBackend
-from ratelimitd.backends.redis import RedisBackend
-from ratelimitd.backends.redis_client import RedisOptions
+from ratelimitd.backends.redis.backend import RedisBackend
+from ratelimitd.backends.redis.client import RedisOptions
 from ratelimitd.clock import FakeClock
 from ratelimitd.model import Algorithm, Limit, Unit
 from tests.servers.redis import RedisServer

@@ -16,8 +16,8 @@ from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from ratelimitd.app import App
-from ratelimitd.backends.redis import RedisBackend
-from ratelimitd.backends.redis_client import RedisOptions
+from ratelimitd.backends.redis.backend import RedisBackend
+from ratelimitd.backends.redis.client import RedisOptions
 from ratelimitd.clock import FakeClock
 from ratelimitd.config import load_config
 from tests.integration.conftest import StartServer

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from ratelimitd import app as app_module
-from ratelimitd.backends.redis import RedisBackend
-from ratelimitd.backends.redis_client import RedisOptions
+from ratelimitd.backends.redis.backend import RedisBackend
+from ratelimitd.backends.redis.client import RedisOptions
 from tests.integration.conftest import StartServer
 from tests.servers.redis import RedisServer, free_port
 from tests.servers.service import ServiceProcess

@@ -12,9 +12,9 @@ import pytest
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
 from ratelimitd.backends.base import CounterRequest
-from ratelimitd.backends.redis import RedisBackend
-from ratelimitd.backends.redis_client import RedisOptions
-from ratelimitd.backends.resp import RespConnection, endpoint_from_url
+from ratelimitd.backends.redis.backend import RedisBackend
+from ratelimitd.backends.redis.client import RedisOptions
+from ratelimitd.backends.redis.resp import RespConnection, endpoint_from_url
 from ratelimitd.clock import FakeClock
 from ratelimitd.errors import BackendError
 from ratelimitd.limiter import Limiter, LimiterOptions

@@ -14,8 +14,8 @@ import pytest
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
 from ratelimitd.app import App
-from ratelimitd.backends.redis import RedisBackend
-from ratelimitd.backends.redis_client import RedisOptions
+from ratelimitd.backends.redis.backend import RedisBackend
+from ratelimitd.backends.redis.client import RedisOptions
 from tests.integration.conftest import StartServer
 from tests.integration.test_grpc_server import rl_request
 from tests.servers.redis import RedisServer, free_port

@@ -18,8 +18,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ratelimitd.backends.redis import RedisBackend
-from ratelimitd.backends.redis_client import RedisOptions
+from ratelimitd.backends.redis.backend import RedisBackend
+from ratelimitd.backends.redis.client import RedisOptions
 from tests.reliability.conftest import Record, Serve
 from tests.reliability.harness import DECISION, LagMonitor, OpenLoad, rl_request, tally
 from tests.reliability.scenario import (

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from ratelimitd.backends.redis import RedisBackend
-from ratelimitd.backends.redis_client import RedisOptions
+from ratelimitd.backends.redis.backend import RedisBackend
+from ratelimitd.backends.redis.client import RedisOptions
 from ratelimitd.keys import identity
 from tests.reliability.conftest import Record, Serve
 from tests.reliability.scenario import RULES, TIMEOUT_S, Fault, check, under_load

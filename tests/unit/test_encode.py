@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ratelimitd.model import Algorithm, Code, Decision, Limit, Status, Unit
-from ratelimitd.server.convert import decision_to_proto
-from ratelimitd.server.encode import ResponseEncoder, varint
+from ratelimitd.services.convert import decision_to_proto
+from ratelimitd.services.encode import ResponseEncoder, varint
 
 limits = st.builds(
     Limit,

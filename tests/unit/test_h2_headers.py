@@ -6,7 +6,7 @@ from __future__ import annotations
 import hpack
 import pytest
 
-from ratelimitd.server.h2.headers import (
+from ratelimitd.transport.h2.headers import (
     RESPONSE_HEADERS,
     TRAILERS_OK,
     RequestHeaders,

@@ -10,7 +10,7 @@ from ratelimitd.backends.memory import MemoryBackend
 from ratelimitd.errors import InvalidRequest
 from ratelimitd.limiter import Limiter
 from ratelimitd.model import Code
-from ratelimitd.server.prepared import PreparedRequests
+from ratelimitd.services.prepared import PreparedRequests
 from tests.helpers import config
 
 RULES = """

@@ -10,7 +10,7 @@ from redis.exceptions import ResponseError, SlotNotCoveredError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ratelimitd.backends.base import CounterRequest, CounterResult
-from ratelimitd.backends.redis import (
+from ratelimitd.backends.redis.backend import (
     HIT_SCRIPT,
     OverLimitCache,
     backend_error,
@@ -18,7 +18,7 @@ from ratelimitd.backends.redis import (
     redis_failures_as_backend_errors,
     script_args,
 )
-from ratelimitd.backends.redis_client import RedisOptions, _hosts, describe, make_client
+from ratelimitd.backends.redis.client import RedisOptions, _hosts, describe, make_client
 from ratelimitd.errors import BackendError, ConfigError
 from ratelimitd.model import Algorithm, Limit, LimitResult, Unit
 

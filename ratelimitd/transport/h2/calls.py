@@ -18,8 +18,8 @@ from typing import Any, NoReturn
 import grpc
 
 from ratelimitd.logs import get_logger
-from ratelimitd.server.h2.connection import Connection, Stream
-from ratelimitd.server.h2.headers import (
+from ratelimitd.transport.h2.connection import Connection, Stream
+from ratelimitd.transport.h2.headers import (
     RESPONSE_HEADERS,
     TRAILERS_OK,
     Headers,

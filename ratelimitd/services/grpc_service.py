@@ -15,9 +15,9 @@ import grpc
 from ratelimitd import metrics
 from ratelimitd.errors import BackendError, InvalidRequest
 from ratelimitd.limiter import Limiter
-from ratelimitd.server.encode import ResponseEncoder
-from ratelimitd.server.prepared import PreparedRequests
-from ratelimitd.server.status import status_of
+from ratelimitd.services.encode import ResponseEncoder
+from ratelimitd.services.prepared import PreparedRequests
+from ratelimitd.services.status import status_of
 
 _LATENCY = metrics.HistogramTally(metrics.REQUEST_LATENCY.labels("ShouldRateLimit"))
 

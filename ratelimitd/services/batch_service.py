@@ -17,10 +17,10 @@ from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2 as pb
 from ratelimitd.errors import BackendError, InvalidRequest
 from ratelimitd.limiter import Limiter, Prepared
 from ratelimitd.model import Decision
-from ratelimitd.server.encode import ResponseEncoder, length_delimited, varint
-from ratelimitd.server.handlers import refuse_malformed
-from ratelimitd.server.prepared import PreparedRequests
-from ratelimitd.server.status import status_of
+from ratelimitd.services.encode import ResponseEncoder, length_delimited, varint
+from ratelimitd.services.handlers import refuse_malformed
+from ratelimitd.services.prepared import PreparedRequests
+from ratelimitd.services.status import status_of
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RateLimitBatch"].full_name
 MAX_BATCH = 1024

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 import hpack
 
-from ratelimitd.server.h2 import frames as f
-from ratelimitd.server.h2.headers import (
+from ratelimitd.transport.h2 import frames as f
+from ratelimitd.transport.h2.headers import (
     GRPC_DEADLINE_EXCEEDED,
     GRPC_RESOURCE_EXHAUSTED,
     RESPONSE_HEADERS,
@@ -36,10 +36,10 @@ from ratelimitd.server.h2.headers import (
     TooLarge,
     trailers_only,
 )
-from ratelimitd.server.h2.limits import DEFAULT_LIMITS, ERRORS, Limits, TokenBucket, count
+from ratelimitd.transport.h2.limits import DEFAULT_LIMITS, ERRORS, Limits, TokenBucket, count
 
 if TYPE_CHECKING:
-    from ratelimitd.server.h2.calls import Calls, RequestHead
+    from ratelimitd.transport.h2.calls import Calls, RequestHead
 
 STREAM_WINDOW = 1 << 20  # what each stream may send before we refill (a refill at half)
 CLOSED_MEMORY = 1024  # closed streams remembered, to tell late frames from wrong ones

@@ -10,8 +10,8 @@ from google.protobuf import json_format
 from ratelimitd import metrics
 from ratelimitd.errors import BackendError, InvalidRequest
 from ratelimitd.limiter import Limiter
-from ratelimitd.server.convert import decision_to_proto, request_from_proto
-from ratelimitd.server.http import Handler, Response, text
+from ratelimitd.services.convert import decision_to_proto, request_from_proto
+from ratelimitd.transport.http1 import Handler, Response, text
 
 JSON = "application/json"
 

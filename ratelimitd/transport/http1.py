@@ -38,7 +38,7 @@ from http import HTTPStatus
 import h11
 
 from ratelimitd.logs import get_logger
-from ratelimitd.server.listen import BACKLOG, bind_host
+from ratelimitd.transport.listen import BACKLOG, bind_host
 
 log = get_logger(__name__)
 

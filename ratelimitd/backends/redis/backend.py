@@ -25,14 +25,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ratelimitd import metrics
 from ratelimitd.backends.base import CounterRequest, CounterResult
 from ratelimitd.backends.batching import Batcher, BatchTimeout
-from ratelimitd.backends.redis_client import (
+from ratelimitd.backends.redis.client import (
     RedisOptions,
     describe,
     is_standalone,
     make_client,
     tls_context,
 )
-from ratelimitd.backends.resp import RespConnection, endpoint_from_url, pack
+from ratelimitd.backends.redis.resp import RespConnection, endpoint_from_url, pack
 from ratelimitd.clock import Clock
 from ratelimitd.errors import BackendError
 from ratelimitd.model import LimitResult
@@ -42,7 +42,7 @@ SCRIPT_PARTS = ("prelude", "fixed_window", "sliding_window", "token_bucket", "hi
 
 def load_hit_script() -> str:
     """The algorithm scripts and the dispatcher, as one script."""
-    folder = importlib.resources.files("ratelimitd.backends") / "lua"
+    folder = importlib.resources.files("ratelimitd.backends.redis") / "lua"
     return "\n".join((folder / f"{part}.lua").read_text(encoding="utf-8") for part in SCRIPT_PARTS)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ratelimitd.config.index import RateLimitConfig
 from ratelimitd.limiter import Limiter, Prepared
-from ratelimitd.server.convert import request_from_bytes
+from ratelimitd.services.convert import request_from_bytes
 
 MAX_ENTRIES = 10_000
 MAX_BODY_BYTES = 1024

@@ -14,8 +14,8 @@ from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2 as pb
 from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2_grpc as pb_grpc
 from ratelimitd.limiter import Limiter, LimitState
 from ratelimitd.model import Descriptor, Request
-from ratelimitd.server.handlers import refuse_malformed
-from ratelimitd.server.status import grpc_status
+from ratelimitd.services.handlers import refuse_malformed
+from ratelimitd.services.status import grpc_status
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RateLimitAdmin"].full_name
 

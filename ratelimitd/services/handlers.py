@@ -40,7 +40,7 @@ def _safe(message_type: type[Message]) -> Callable[[bytes], Message | Malformed]
 
 
 class MethodRegistry(Protocol):
-    """What both gRPC servers (grpc.aio's and server/h2's) take handlers with."""
+    """What both gRPC servers (grpc.aio's and transport/h2's) take handlers with."""
 
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]

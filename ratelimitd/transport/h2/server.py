@@ -22,10 +22,10 @@ from collections.abc import Sequence
 
 import grpc
 
-from ratelimitd.server.h2.calls import Calls
-from ratelimitd.server.h2.connection import Connection
-from ratelimitd.server.h2.limits import DEFAULT_LIMITS, Limits
-from ratelimitd.server.listen import BACKLOG, bind_host
+from ratelimitd.transport.h2.calls import Calls
+from ratelimitd.transport.h2.connection import Connection
+from ratelimitd.transport.h2.limits import DEFAULT_LIMITS, Limits
+from ratelimitd.transport.listen import BACKLOG, bind_host
 
 
 class Http2Server:

@@ -2,7 +2,7 @@
 
 The certificate files are looked at again on every new connection (a few `stat` calls) and
 re-read when they changed, so a renewed certificate is served without a restart. grpcio's
-server asks through `fetch`; ratelimitd's own server (server/h2) through the SSL context's
+server asks through `fetch`; ratelimitd's own server (transport/h2) through the SSL context's
 server-name callback, which OpenSSL calls on every handshake, with or without a name.
 """
 

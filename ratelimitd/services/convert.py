@@ -8,7 +8,7 @@ from envoy.service.ratelimit.v3 import rls_pb2
 
 from ratelimitd.errors import InvalidRequest
 from ratelimitd.model import Code, Decision, Descriptor, LimitOverride, Request, Unit
-from ratelimitd.server.handlers import Malformed, parse_message
+from ratelimitd.services.handlers import Malformed, parse_message
 
 _OVERRIDE_UNITS = {unit.value: unit for unit in Unit}
 

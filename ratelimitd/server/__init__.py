@@ -1,1 +1,0 @@
-"""Transports: the gRPC services and the small HTTP server."""
