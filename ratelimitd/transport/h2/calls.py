@@ -12,17 +12,18 @@ import asyncio
 import base64
 import binascii
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
 
 from ratelimitd.logs import get_logger
-from ratelimitd.transport.h2.connection import Connection, Stream
+from ratelimitd.transport.h2.connection import CallStream, Connection
 from ratelimitd.transport.h2.headers import (
     RESPONSE_HEADERS,
     TRAILERS_OK,
     Headers,
+    Metadata,
+    RequestHead,
     http_status,
     status_fields,
 )
@@ -34,7 +35,6 @@ _NOT_METADATA = (b"content-type", b"te", b"user-agent")
 # a streaming request's messages not yet taken by its handler (their bytes count against the
 # connection's window until taken, and this bounds them per stream)
 MAX_QUEUED_MESSAGES = 64
-Metadata = tuple[tuple[str, str | bytes], ...]
 
 
 def grpc_timeout(value: bytes) -> float | None:
@@ -43,17 +43,6 @@ def grpc_timeout(value: bytes) -> float | None:
     if not digits.isdigit() or len(digits) > 8 or unit not in _TIMEOUT_UNITS:
         return None
     return int(digits) * _TIMEOUT_UNITS[unit]
-
-
-@dataclass(frozen=True, slots=True)
-class RequestHead:
-    """What a request's headers say, read once per distinct header block."""
-
-    path: str
-    handler: grpc.RpcMethodHandler | None
-    timeout: float | None
-    metadata: Metadata
-    refusal: bytes | None  # a complete answer (header block) when the call cannot start
 
 
 class Abort(Exception):
@@ -78,7 +67,7 @@ class CallContext:
 
     __slots__ = ("_code", "_connection", "_details", "_serializer", "_stream")
 
-    def __init__(self, connection: Connection, stream: Stream, serializer: Any) -> None:
+    def __init__(self, connection: Connection, stream: CallStream, serializer: Any) -> None:
         self._connection = connection
         self._stream = stream
         self._serializer = serializer
@@ -192,7 +181,7 @@ class Calls:
 
     # -- running calls ---------------------------------------------------------------------
 
-    def start(self, connection: Connection, stream: Stream, body: bytes | None) -> None:
+    def start(self, connection: Connection, stream: CallStream, body: bytes | None) -> None:
         """Starts the call: with its whole body (unary requests), or None (streaming ones)."""
         handler = stream.head.handler
         assert handler is not None
@@ -207,7 +196,7 @@ class Calls:
             request = message
         stream.task = connection.loop.create_task(self._run(connection, stream, handler, request))
 
-    def feed(self, connection: Connection, stream: Stream) -> None:
+    def feed(self, connection: Connection, stream: CallStream) -> None:
         """Hands a streaming request's complete messages to its handler."""
         body, queue = stream.body, stream.messages
         assert queue is not None
@@ -234,7 +223,7 @@ class Calls:
             queue.put_nowait(bytes(body[5 : 5 + size]))
             del body[: 5 + size]
 
-    def too_large(self, connection: Connection, stream: Stream) -> None:
+    def too_large(self, connection: Connection, stream: CallStream) -> None:
         self.refuse(
             connection,
             stream,
@@ -243,12 +232,18 @@ class Calls:
         )
 
     @staticmethod
-    def refuse(connection: Connection, stream: Stream, code: grpc.StatusCode, details: str) -> None:
+    def refuse(
+        connection: Connection, stream: CallStream, code: grpc.StatusCode, details: str
+    ) -> None:
         connection.cancel(stream)
         connection.refuse(stream, _trailers_only(code, details))
 
     async def _run(
-        self, connection: Connection, stream: Stream, handler: grpc.RpcMethodHandler, request: Any
+        self,
+        connection: Connection,
+        stream: CallStream,
+        handler: grpc.RpcMethodHandler,
+        request: Any,
     ) -> None:
         context = CallContext(connection, stream, handler.response_serializer)
         timeout = stream.head.timeout
@@ -297,7 +292,7 @@ class Calls:
             connection.answer(stream, response)
 
     @staticmethod
-    def _unexpected(connection: Connection, stream: Stream) -> None:
+    def _unexpected(connection: Connection, stream: CallStream) -> None:
         log.exception("a gRPC handler failed", method=stream.head.path)
         connection.finish(stream, _status(grpc.StatusCode.UNKNOWN, "unexpected server error"))
 
@@ -322,7 +317,7 @@ async def _write_stream(handler: grpc.RpcMethodHandler, request: Any, context: C
 
 
 async def _requests(
-    connection: Connection, stream: Stream, deserializer: Any
+    connection: Connection, stream: CallStream, deserializer: Any
 ) -> AsyncIterator[Any]:
     queue = stream.messages
     assert queue is not None

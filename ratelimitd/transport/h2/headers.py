@@ -16,15 +16,31 @@ fixed bytes or fixed bytes plus a value; the client's table-size settings do not
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 from urllib.parse import quote
 
+import grpc
 import hpack
 
 MAX_REMEMBERED_BLOCKS = 64
 MAX_MESSAGE_CHARS = 1024  # grpc-message beyond this is cut (it is for people, not machines)
 
 Headers = list[tuple[bytes, bytes]]
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """What a gRPC request's headers say, read once per distinct header block."""
+
+    path: str
+    handler: grpc.RpcMethodHandler | None
+    timeout: float | None
+    metadata: Metadata
+    refusal: bytes | None  # a complete answer (header block) when the call cannot start
+
+
 Parsed = TypeVar("Parsed")
 
 
