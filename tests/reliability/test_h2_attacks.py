@@ -66,6 +66,7 @@ RSS_GROWTH_MAX = 64 * MIB  # after - before
 RSS_PEAK_MAX = 128 * MIB  # peak - before
 RSS_SAMPLE_S = 0.02
 AFTER_S = 1.0  # "after" is measured this long after the attacker stopped
+RECOVERY_S = 10.0  # within this long after that, the server must answer a call again
 RESTART_ABOVE = 512 * MIB  # a server left this large by an attack is restarted before the next
 
 ATTACKER_NICE = 10  # the attacker's priority below the server's and the healthy client's
@@ -187,6 +188,15 @@ def call_once(target: str, timeout: float = 5.0) -> str | None:
         except grpc.RpcError as exc:
             return f"{exc.code()}: {exc.details()}"
     return None if reply.overall_code == rls_pb2.RateLimitResponse.OK else str(reply)
+
+
+def answered_again(target: str) -> str | None:
+    """Whether the server answers a call soon after the attack (grpcio can take a few seconds
+    to work through a rapid reset's backlog): None when it did, else what went wrong last."""
+    deadline = time.monotonic() + RECOVERY_S
+    while (failure := call_once(target)) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return failure
 
 
 class Server:
@@ -478,7 +488,7 @@ def measure(server: Server, attack: str, duration: float) -> Outcome:
         rss_peak=max(sampler.peak, rss_before, rss_after),
         rss_after=rss_after,
         alive=alive,
-        final_call=call_once(service.target) if alive else "the process is gone",
+        final_call=answered_again(service.target) if alive else "the process is gone",
         tracebacks=tracebacks(log) - log_before,
         restarts=server.restarts,
     )

@@ -72,6 +72,12 @@ class Connection(asyncio.Protocol):
         self.limits = limits
         self.core: ServerCore[CallStream] = ServerCore(self, calls.max_message + 5, limits)
         self.streams = self.core.streams
+        core = self.core
+        self.answer = core.answer  # a unary call's response: headers, message, trailers
+        self.send_message = core.send_message
+        self.finish = core.finish
+        self.refuse = core.refuse
+        self.consumed = core.consumed  # request bytes taken by a call: credit for more
         self._on_close = on_close
         self._refuse = refuse  # over the connection limit: GOAWAY at once
         self.transport: asyncio.Transport | None = None
@@ -111,7 +117,9 @@ class Connection(asyncio.Protocol):
         self._on_close(self)
 
     def data_received(self, data: bytes) -> None:
-        self._follow_work(self.core.receive(data))
+        more = self.core.receive(data)
+        if more or self._paused_for_work:
+            self._follow_work(more)
 
     def eof_received(self) -> bool | None:
         return None  # the client is done: close
@@ -213,10 +221,7 @@ class Connection(asyncio.Protocol):
         if stream.messages is not None:
             stream.messages.put_nowait(None)
         elif not stream.streaming:
-            body = bytes(stream.body)
-            stream.body = bytearray()
-            self.core.consumed(stream, len(body))
-            self.calls.start(self, stream, body)
+            self.calls.start(self, stream, self.core.take_body(stream))
 
     def request_too_large(self, stream: CallStream) -> None:
         self.calls.too_large(self, stream)
@@ -253,24 +258,8 @@ class Connection(asyncio.Protocol):
     def header_list_refusal(self, message: str) -> bytes:
         return trailers_only(GRPC_RESOURCE_EXHAUSTED, message)
 
-    # -- what the call layer does ---------------------------------------------------------
-
-    def answer(self, stream: CallStream, message: bytes) -> None:
-        """A unary call's response: headers, one message, trailers with status 0."""
-        self.core.answer(stream, message)
-
-    def send_message(self, stream: CallStream, message: bytes) -> None:
-        self.core.send_message(stream, message)
-
-    def finish(self, stream: CallStream, trailer_fields: bytes) -> None:
-        self.core.finish(stream, trailer_fields)
-
-    def refuse(self, stream: CallStream, block: bytes) -> None:
-        self.core.refuse(stream, block)
-
-    def consumed(self, stream: CallStream, size: int) -> None:
-        """`size` bytes of the stream's request were taken by its call: credit for more."""
-        self.core.consumed(stream, size)
+    # -- what the call layer does (answer, send_message, finish, refuse and consumed are
+    # the core's own, bound in __init__: one call less on every answer) -------------------
 
     async def writable(self, stream: CallStream) -> None:
         """Waits until the stream's backlog has gone out (a streaming writer's back-pressure)."""

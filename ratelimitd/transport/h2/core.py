@@ -21,8 +21,10 @@ GOAWAY (`fail`); a stream error resets that stream only (RST_STREAM) and the con
 from __future__ import annotations
 
 import contextlib
+import itertools
 import struct
 import time
+from enum import Enum
 from typing import Generic, Protocol, TypeVar
 
 import hpack
@@ -41,7 +43,8 @@ from ratelimitd.transport.h2.limits import DEFAULT_LIMITS, ERRORS, Limits, Token
 from ratelimitd.transport.h2.stream import Stream, StreamEvent, StreamState
 
 STREAM_WINDOW = 1 << 20  # what each stream may send before we refill (a refill at half)
-CLOSED_MEMORY = 1024  # closed streams remembered, to tell late frames from wrong ones
+CLOSED_MEMORY = 1024  # streams closed early remembered (1-2x this), to tell late frames
+SKIPPED_MEMORY = 64  # ranges of stream ids a client skipped, remembered
 HARD_HEADER_LIST_FACTOR = 4  # decoding stops (a connection error) at 4 x max_header_list
 
 _END_FLAGS = f.END_HEADERS | f.END_STREAM
@@ -123,13 +126,18 @@ class ServerCore(Generic[S]):
         )
         # stream, flags, block so far, CONTINUATION frames so far, depends on itself
         self._continuing: tuple[int, int, bytearray, int, bool] | None = None
-        self._closed: dict[int, bool] = {}  # recently closed stream -> the client had ended it
+        # Closed streams, to tell late frames from wrong ones: those closed before their client
+        # had ended them (frames may still be on their way), and the ids a client skipped
+        # (never opened); any other id below the last is a stream the client had ended.
+        self._closed_early: dict[int, None] = {}
+        self._skipped: list[tuple[int, int]] = []  # (first, last) ids, both odd
         self._forgotten = 0  # closed streams up to this id may have been forgotten
         self._send_window = f.DEFAULT_WINDOW
         self._peer_initial_window = f.DEFAULT_WINDOW
         self._peer_max_frame = f.DEFAULT_MAX_FRAME
         self._receive_window = f.DEFAULT_WINDOW
         self._credit = 0  # consumed request bytes not yet given back to the connection window
+        self._credit_threshold = limits.connection_buffer // 16
         self._blocked: set[S] = set()
         self._out: list[bytes] = []
         self._resets = TokenBucket(limits.resets_per_s, limits.resets_burst)
@@ -362,6 +370,8 @@ class ServerCore(Generic[S]):
             read = self._headers.read(block)  # always: HPACK stays in step
         except (Malformed, TooLarge) as exc:
             read = exc
+        if stream_id > self.last_stream_id + 2:  # the ones between are closed, never opened
+            self._skip(self.last_stream_id + 2, stream_id - 2)
         self.last_stream_id = stream_id  # a bad HPACK block (raised above) opens nothing
         if isinstance(read, Malformed):
             self._refuse_stream(stream_id, f.PROTOCOL_ERROR)
@@ -408,10 +418,10 @@ class ServerCore(Generic[S]):
         stream we answered early are fine; anything else breaks the rules."""
         with contextlib.suppress(Malformed):  # decoded all the same: HPACK stays in step
             self._headers.read_trailers(block)
-        client_ended = self._closed.get(stream_id)
-        if client_ended:
+        closed = self._closed_kind(stream_id)
+        if closed is ClosedKind.ENDED:
             raise f.H2Error(f.STREAM_CLOSED, f"HEADERS on closed stream {stream_id}")
-        if client_ended is None and stream_id > self._forgotten:
+        if closed is ClosedKind.SKIPPED:
             raise f.H2Error(f.PROTOCOL_ERROR, f"stream {stream_id} below {self.last_stream_id}")
 
     def _on_data(self, stream_id: int, flags: int, payload: bytes) -> None:
@@ -455,7 +465,7 @@ class ServerCore(Generic[S]):
     def _on_data_of_closed(self, stream_id: int) -> None:
         if stream_id > self.last_stream_id or not stream_id & 1:
             raise f.H2Error(f.PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
-        if self._closed.get(stream_id):
+        if self._closed_kind(stream_id) in (ClosedKind.ENDED, ClosedKind.SKIPPED):
             raise f.H2Error(f.STREAM_CLOSED, f"DATA on closed stream {stream_id}")
         # else: on a stream we answered or reset early; it was on its way
 
@@ -478,10 +488,18 @@ class ServerCore(Generic[S]):
         stream.held -= size
         self._give_credit(size)
 
+    def take_body(self, stream: S) -> bytes:
+        """A unary request's whole body, taken by the layer above (and credited back)."""
+        body = bytes(stream.body)
+        stream.body = bytearray()
+        self._give_credit(stream.held)
+        stream.held = 0
+        return body
+
     def _give_credit(self, size: int) -> None:
         """Gives consumed bytes back to the connection window, a sixteenth of it at a time."""
         self._credit += size
-        if self._credit >= self.limits.connection_buffer // 16:
+        if self._credit >= self._credit_threshold:
             self._write(f.window_update(0, self._credit))
             self._receive_window += self._credit
             self._credit = 0
@@ -721,10 +739,33 @@ class ServerCore(Generic[S]):
                 self.events.close_requested(after_error=False)
 
     def _remember(self, stream_id: int, client_ended: bool) -> None:
-        """Whether a closed stream's client had ended it (then frames on it break the
-        rules) or we did first (then its frames may still be on their way)."""
-        self._closed[stream_id] = client_ended
-        if len(self._closed) > CLOSED_MEMORY:
-            oldest = next(iter(self._closed))
-            del self._closed[oldest]
-            self._forgotten = max(self._forgotten, oldest)
+        """A stream closed before its client had ended it: its frames may still be on their
+        way. (One the client had ended needs no record: see `_closed_kind`.)"""
+        if client_ended:
+            return
+        early = self._closed_early
+        early[stream_id] = None
+        if len(early) >= 2 * CLOSED_MEMORY:  # keep the newest half: O(1) a stream, amortized
+            self._forgotten = max(self._forgotten, *itertools.islice(early, CLOSED_MEMORY))
+            self._closed_early = dict.fromkeys(itertools.islice(early, CLOSED_MEMORY, None))
+
+    def _skip(self, first: int, last: int) -> None:
+        self._skipped.append((first, last))
+        if len(self._skipped) > SKIPPED_MEMORY:
+            _, forgotten = self._skipped.pop(0)
+            self._forgotten = max(self._forgotten, forgotten)
+
+    def _closed_kind(self, stream_id: int) -> ClosedKind:
+        """What became of a client stream id at or below the last one opened."""
+        if stream_id in self._closed_early or stream_id <= self._forgotten:
+            return ClosedKind.EARLY
+        for first, last in reversed(self._skipped):
+            if first <= stream_id <= last:
+                return ClosedKind.SKIPPED
+        return ClosedKind.ENDED
+
+
+class ClosedKind(Enum):
+    EARLY = "closed before its client ended it, or long ago (frames may be late)"
+    SKIPPED = "never opened: a later id was used first"
+    ENDED = "closed after its client had ended it"

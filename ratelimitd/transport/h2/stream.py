@@ -4,27 +4,28 @@ request holds while it is open."""
 from __future__ import annotations
 
 import time
-from enum import Enum
+from enum import IntEnum
 
 from ratelimitd.transport.h2.headers import RequestHead
 
 
-class StreamState(Enum):
-    """RFC 9113 §5.1, for a server that never pushes (no reserved states)."""
+class StreamState(IntEnum):
+    """RFC 9113 §5.1, for a server that never pushes (no reserved states). Int enums: the
+    table is looked up on every call, and a plain Enum hashes in Python."""
 
-    IDLE = "idle"
-    OPEN = "open"
-    HALF_CLOSED_REMOTE = "half-closed (remote)"  # the client ended its request
-    HALF_CLOSED_LOCAL = "half-closed (local)"  # we ended our answer first
-    CLOSED = "closed"
+    IDLE = 0
+    OPEN = 1
+    HALF_CLOSED_REMOTE = 2  # the client ended its request
+    HALF_CLOSED_LOCAL = 3  # we ended our answer first
+    CLOSED = 4
 
 
-class StreamEvent(Enum):
-    RECV_HEADERS = "HEADERS received"
-    RECV_END_STREAM = "END_STREAM received"
-    SEND_END_STREAM = "END_STREAM sent"
-    RECV_RST_STREAM = "RST_STREAM received"
-    SEND_RST_STREAM = "RST_STREAM sent"
+class StreamEvent(IntEnum):
+    RECV_HEADERS = 0
+    RECV_END_STREAM = 1
+    SEND_END_STREAM = 2
+    RECV_RST_STREAM = 3
+    SEND_RST_STREAM = 4
 
 
 _S, _E = StreamState, StreamEvent
