@@ -17,9 +17,9 @@ WORKDIR /src
 RUN python -m venv --without-pip /opt/ratelimitd
 # Exact versions with hashes from the lock (scripts/lock), then the package itself, built
 # with the locked setuptools: nothing is resolved or fetched outside the lock.
-COPY requirements/service.txt ./requirements/
+COPY requirements.txt ./
 RUN pip --python /opt/ratelimitd/bin/python install --no-cache-dir --require-hashes \
-        -r requirements/service.txt
+        -r requirements.txt
 COPY pyproject.toml README.md ./
 COPY ratelimitd/ ./ratelimitd/
 RUN pip --python /opt/ratelimitd/bin/python install --no-cache-dir --no-deps --no-build-isolation . \

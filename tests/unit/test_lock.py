@@ -1,4 +1,5 @@
-"""The lock (requirements/*.txt): exact, hashed, consistent, and what the test venv holds."""
+"""The lock (requirements.txt, requirements-dev.txt): exact, hashed, consistent, and what the
+test venv holds."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
-LOCKS = {name: ROOT / "requirements" / f"{name}.txt" for name in ("service", "dev")}
+LOCKS = {"service": ROOT / "requirements.txt", "dev": ROOT / "requirements-dev.txt"}
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$")
 
 
@@ -80,12 +81,12 @@ def test_every_declared_dependency_is_locked_within_its_range() -> None:
     service_names = {canonicalize_name(Requirement(t).name) for t in project["dependencies"]}
     for requirement in declared():
         name = canonicalize_name(requirement.name)
-        assert name in dev, f"{name} is declared but not in dev.txt"
+        assert name in dev, f"{name} is declared but not in requirements-dev.txt"
         assert requirement.specifier.contains(dev[name][0], prereleases=True), (
-            f"dev.txt locks {name}=={dev[name][0]}, outside {requirement}"
+            f"requirements-dev.txt locks {name}=={dev[name][0]}, outside {requirement}"
         )
         if name in service_names:
-            assert name in service, f"{name} is a service dependency but not in service.txt"
+            assert name in service, f"{name} is a service dependency but not in requirements.txt"
 
 
 def test_redis_py_is_locked_on_8() -> None:
@@ -111,7 +112,7 @@ def test_the_test_venv_holds_exactly_the_lock() -> None:
         ("scripts/test", "scripts/install dev"),
         ("scripts/install", '--require-hashes -r "$lock"'),
         ("README.md", "scripts/install && .venv/bin/ratelimitd serve"),
-        ("Dockerfile", "--require-hashes -r requirements/service.txt"),  # lines joined
+        ("Dockerfile", "--require-hashes -r requirements.txt"),  # lines joined
         (".ci/run", "scripts/test"),
     ],
 )
