@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
 import grpc
 import pytest
@@ -260,76 +260,79 @@ def server(
 # -- what runs beside the attack --------------------------------------------------------------
 
 
-class HealthyClient:
-    """A sync grpc channel of its own, calling ShouldRateLimit every `HEALTHY_INTERVAL_S` in a
-    thread, from `with` to `stop()`."""
+class Background:
+    """`step()` in a thread every `interval_s`, from `with` to `stop()` (or the end of `with`)."""
 
-    def __init__(self, target: str) -> None:
-        self.channel = grpc.insecure_channel(target)
-        self.stub = rls_pb2_grpc.RateLimitServiceStub(self.channel)
-        self.latencies: list[float] = []
-        self.errors: Counter[str] = Counter()
+    interval_s = 0.0
+
+    def __init__(self, name: str) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="healthy-client", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def __enter__(self) -> HealthyClient:
-        self.stub.ShouldRateLimit(REQUEST, timeout=5.0)  # connected before the attack starts
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
-        self.channel.close()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
 
+    def step(self) -> None:
+        raise NotImplementedError
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            started = time.perf_counter()
-            try:
-                self.stub.ShouldRateLimit(REQUEST, timeout=HEALTHY_TIMEOUT_S)
-            except grpc.RpcError as exc:
-                code = exc.code()
-                self.errors[code.name if code is not None else "UNKNOWN"] += 1
-            self.latencies.append(time.perf_counter() - started)
-            self._stop.wait(HEALTHY_INTERVAL_S)
+            self.step()
+            self._stop.wait(self.interval_s)
 
 
-class RssSampler:
-    """The largest RSS of `pid` seen, sampled every `RSS_SAMPLE_S` in a thread."""
+class HealthyClient(Background):
+    """A sync grpc channel of its own, calling ShouldRateLimit every `HEALTHY_INTERVAL_S`."""
+
+    interval_s = HEALTHY_INTERVAL_S
+
+    def __init__(self, target: str) -> None:
+        super().__init__("healthy-client")
+        self.channel = grpc.insecure_channel(target)
+        self.stub = rls_pb2_grpc.RateLimitServiceStub(self.channel)
+        self.latencies: list[float] = []
+        self.errors: Counter[str] = Counter()
+
+    def __enter__(self) -> Self:
+        self.stub.ShouldRateLimit(REQUEST, timeout=5.0)  # connected before the attack starts
+        return super().__enter__()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        self.channel.close()
+
+    def step(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.stub.ShouldRateLimit(REQUEST, timeout=HEALTHY_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            self.errors[code.name if code is not None else "UNKNOWN"] += 1
+        self.latencies.append(time.perf_counter() - started)
+
+
+class RssSampler(Background):
+    """The largest RSS of `pid` seen, sampled every `RSS_SAMPLE_S`."""
+
+    interval_s = RSS_SAMPLE_S
 
     def __init__(self, pid: int) -> None:
+        super().__init__("rss-sampler")
         self.pid = pid
         self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(OSError, RuntimeError):  # the process may be gone
-                self.peak = max(self.peak, rss_bytes(self.pid))
-            self._stop.wait(RSS_SAMPLE_S)
+    def step(self) -> None:
+        with contextlib.suppress(OSError, RuntimeError):  # the process may be gone
+            self.peak = max(self.peak, rss_bytes(self.pid))
 
 
 def run_attacker(attack: str, port: int, duration: float) -> AttackResult:
