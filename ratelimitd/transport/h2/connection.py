@@ -70,9 +70,9 @@ class Connection(asyncio.Protocol):
     ) -> None:
         self.calls = calls
         self.limits = limits
-        self.core: ServerCore[CallStream] = ServerCore(self, calls.max_message + 5, limits)
-        self.streams = self.core.streams
-        core = self.core
+        core: ServerCore[CallStream] = ServerCore(self, calls.max_message + 5, limits)
+        self.core = core
+        self.streams = core.streams
         self.answer = core.answer  # a unary call's response: headers, message, trailers
         self.send_message = core.send_message
         self.finish = core.finish
