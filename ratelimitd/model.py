@@ -13,6 +13,10 @@ from typing import Any
 class Unit(enum.Enum):
     """A rate-limit unit. Values are Envoy's `RateLimitResponse.RateLimit.Unit` numbers."""
 
+    # Members are singletons compared by identity, so identity is their hash too: Enum's own
+    # `__hash__` is a Python function, and units, algorithms and codes key dicts on every call.
+    __hash__ = object.__hash__
+
     SECOND = 1
     MINUTE = 2
     HOUR = 3
@@ -47,6 +51,7 @@ _UNIT_SECONDS = {
 
 
 class Algorithm(enum.Enum):
+    __hash__ = object.__hash__  # as Unit's
     FIXED_WINDOW = "fixed_window"
     SLIDING_WINDOW = "sliding_window"
     TOKEN_BUCKET = "token_bucket"
@@ -63,6 +68,8 @@ _ALGORITHM_CODES = {
 class Code(enum.Enum):
     """Values are Envoy's `RateLimitResponse.Code` numbers."""
 
+    __hash__ = object.__hash__  # as Unit's
+
     OK = 1
     OVER_LIMIT = 2
 
@@ -77,11 +84,16 @@ class Limit:
     algorithm: Algorithm = Algorithm.FIXED_WINDOW
     burst: int | None = None
     name: str = ""
+    # Worked out once (every decision reads them): the window length, or full refill time, in
+    # seconds; and what tells apart the counters of several limits on one descriptor (it leaves
+    # out `requests_per_unit`, so raising or lowering a limit keeps the count).
+    period: int = field(init=False, repr=False, compare=False)
+    counter_id: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def period(self) -> int:
-        """The window length (or full refill time) in seconds."""
-        return self.unit.seconds * self.unit_multiplier
+    def __post_init__(self) -> None:
+        period = self.unit.seconds * self.unit_multiplier
+        object.__setattr__(self, "period", period)
+        object.__setattr__(self, "counter_id", f"{_ALGORITHM_CODES[self.algorithm]}{period}")
 
     @property
     def capacity(self) -> int:
@@ -89,14 +101,6 @@ class Limit:
         if self.algorithm is Algorithm.TOKEN_BUCKET and self.burst is not None:
             return self.burst
         return self.requests_per_unit
-
-    @property
-    def counter_id(self) -> str:
-        """Tells apart the counters of several limits on one descriptor.
-
-        It leaves out `requests_per_unit`, so raising or lowering a limit keeps the count.
-        """
-        return f"{_ALGORITHM_CODES[self.algorithm]}{self.period}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,9 @@ from ratelimitd.transport.h2.limits import Limits
 from ratelimitd.transport.h2.stream import TRANSITIONS, Stream, StreamEvent, StreamState
 
 PATH = "/test.Service/Method"
+STREAMING_PATH = "/test.Service/Upload"  # a request whose bytes go up as they come
+REFUSED_PATH = "/test.Service/Gone"  # a head that carries its own answer
+REFUSAL = b"\x88"  # a header block: `:status: 200` (HPACK static index 8)
 REQUEST_HEADERS = [
     (":method", "POST"),
     (":scheme", "http"),
@@ -45,20 +48,22 @@ class RecordedEvents:
 
     def parse_head(self, headers: Headers) -> RequestHead:
         path = dict(headers)[b":path"].decode()
-        return RequestHead(path, None, None, (), None)
+        refusal = REFUSAL if path == REFUSED_PATH else None
+        return RequestHead(path, None, None, (), refusal, streaming=path == STREAMING_PATH)
 
     def output_ready(self) -> None:
         pass
 
-    def stream_opened(self, stream: Stream) -> None:
+    def streaming_request_opened(self, stream: Stream) -> None:
         self.seen.append(("opened", stream.id))
 
     def request_data(self, stream: Stream) -> None:
         self.seen.append(("data", stream.id))
 
-    def request_ended(self, stream: Stream) -> None:
+    def request_ended(self, stream: Stream, body: bytes | None) -> None:
         self.seen.append(("ended", stream.id))
-        self.bodies[stream.id] = bytes(stream.body)
+        if body is not None:
+            self.bodies[stream.id] = body
 
     def request_too_large(self, stream: Stream) -> None:
         self.seen.append(("too large", stream.id))
@@ -104,24 +109,82 @@ class Pair:
         return list(self.client.receive_data(self.core.data_to_send()))
 
 
-def test_a_request_becomes_events_and_an_answer_becomes_frames() -> None:
+@pytest.mark.parametrize("answer", [b"ok", bytes(range(256)) * 2, b"x" * 16_000])
+def test_a_request_becomes_events_and_an_answer_becomes_frames(answer: bytes) -> None:
+    """Answers of one-byte, two-byte and near-frame-size lengths, as h2 reads them back."""
     pair = Pair()
     pair.client.send_headers(1, REQUEST_HEADERS)
     pair.client.send_data(1, b"\x00\x00\x00\x00\x02hi", end_stream=True)
     pair.to_server()
-    assert pair.events.seen == [("opened", 1), ("ended", 1)]
+    assert pair.events.seen == [("ended", 1)]
     assert pair.events.bodies[1] == b"\x00\x00\x00\x00\x02hi"
     stream = pair.events.streams[1]
     assert stream.state is StreamState.HALF_CLOSED_REMOTE
-    pair.core.answer(stream, b"ok")
+    pair.core.answer(stream, answer)
     assert stream.state is StreamState.CLOSED
     received = pair.to_client()
     kinds = [type(event) for event in received]
     assert h2.events.ResponseReceived in kinds and h2.events.StreamEnded in kinds
     data = b"".join(e.data for e in received if isinstance(e, h2.events.DataReceived))
-    assert data == b"\x00\x00\x00\x00\x02ok"
+    assert data == b"\x00" + len(answer).to_bytes(4, "big") + answer
     (trailers,) = [e for e in received if isinstance(e, h2.events.TrailersReceived)]
     assert (b"grpc-status", b"0") in trailers.headers
+
+
+def headers_for(path: str) -> list[tuple[str, str]]:
+    return [(name, path if name == ":path" else value) for name, value in REQUEST_HEADERS]
+
+
+def connection_window(pair: Pair) -> int:
+    """What the client may still send on the connection, as the core's WINDOW_UPDATEs say."""
+    return pair.client.outbound_flow_control_window
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_a_body_over_several_frames_goes_up_whole_and_is_credited_back(padded: bool) -> None:
+    """The usual unary call comes in one DATA frame; one in pieces must end the same way,
+    and every byte it took of the connection window (padding too) is given back, but for
+    less than one refill's worth still to come."""
+    buffer = f.DEFAULT_WINDOW  # a refill every 1/16 of it
+    pair = Pair(Limits(connection_buffer=buffer))
+    pair.client.send_headers(1, REQUEST_HEADERS)
+    body = b"\x00" + (20_000).to_bytes(4, "big") + bytes(20_000)
+    pad = 7 if padded else None
+    pieces = [body[:9_000], body[9_000:18_000], body[18_000:]]
+    for n, piece in enumerate(pieces):
+        pair.client.send_data(1, piece, end_stream=n == len(pieces) - 1, pad_length=pad)
+    sent = len(body) + (8 * len(pieces) if padded else 0)  # a pad-length byte and 7 of padding
+    window = connection_window(pair)
+    pair.to_server()
+    assert pair.events.seen == [("ended", 1)]
+    assert pair.events.bodies[1] == body
+    pair.to_client()
+    given_back = connection_window(pair) - window
+    assert sent - buffer // 16 < given_back <= sent
+
+
+def test_a_streaming_request_goes_up_as_it_comes_and_ends_with_no_body() -> None:
+    pair = Pair()
+    pair.client.send_headers(1, headers_for(STREAMING_PATH))
+    pair.client.send_data(1, b"\x00\x00\x00\x00\x01a")
+    pair.client.send_data(1, b"\x00\x00\x00\x00\x01b", end_stream=True)
+    pair.to_server()
+    assert pair.events.seen == [("opened", 1), ("data", 1), ("data", 1), ("ended", 1)]
+    assert 1 not in pair.events.bodies
+    assert bytes(pair.events.streams[1].body) == b"\x00\x00\x00\x00\x01a\x00\x00\x00\x00\x01b"
+
+
+def test_a_head_that_carries_a_refusal_is_answered_by_the_core() -> None:
+    pair = Pair()
+    pair.client.send_headers(1, headers_for(REFUSED_PATH))
+    pair.client.send_data(1, b"\x00\x00\x00\x00\x02hi", end_stream=True)
+    pair.to_server()
+    assert pair.events.seen == [("closed", 1)]  # never started, never ended
+    received = pair.to_client()
+    (response,) = [e for e in received if isinstance(e, h2.events.ResponseReceived)]
+    assert (b":status", b"200") in response.headers
+    assert any(isinstance(e, h2.events.StreamEnded) for e in received)
+    assert not pair.core.streams
 
 
 def test_an_answer_before_the_request_ends_tells_the_client_to_stop() -> None:
@@ -142,7 +205,7 @@ def test_a_client_reset_cancels_the_stream() -> None:
     pair.client.send_headers(1, REQUEST_HEADERS)
     pair.client.reset_stream(1)
     pair.to_server()
-    assert pair.events.seen == [("opened", 1), ("cancelled", 1), ("closed", 1)]
+    assert pair.events.seen == [("cancelled", 1), ("closed", 1)]
     assert pair.events.streams[1].state is StreamState.CLOSED
     assert not pair.core.streams
 

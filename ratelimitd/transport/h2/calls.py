@@ -177,7 +177,8 @@ class Calls:
             refusal = http_status(415)
         elif handler is None:
             refusal = _trailers_only(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {text_path}")
-        return RequestHead(text_path, handler, timeout, tuple(metadata), refusal)
+        streaming = handler is not None and handler.request_streaming
+        return RequestHead(text_path, handler, timeout, tuple(metadata), refusal, streaming)
 
     # -- running calls ---------------------------------------------------------------------
 

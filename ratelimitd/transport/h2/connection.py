@@ -192,10 +192,7 @@ class Connection(asyncio.Protocol):
 
     # -- what the core tells (core.Events) ------------------------------------------------
 
-    def new_stream(
-        self, stream_id: int, head: RequestHead, window: int, content_length: int | None
-    ) -> CallStream:
-        return CallStream(stream_id, head, window, content_length)
+    new_stream = CallStream  # (the class itself: one call less on every request)
 
     def parse_head(self, headers: Headers) -> RequestHead:
         return self.calls.parse_head(headers)
@@ -205,23 +202,18 @@ class Connection(asyncio.Protocol):
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
-    def stream_opened(self, stream: CallStream) -> None:
-        head = stream.head
-        if head.refusal is not None:
-            self.core.refuse(stream, head.refusal)
-        elif head.handler is not None and head.handler.request_streaming:
-            stream.streaming = True
-            stream.messages = asyncio.Queue()
-            self.calls.start(self, stream, None)
+    def streaming_request_opened(self, stream: CallStream) -> None:
+        stream.messages = asyncio.Queue()
+        self.calls.start(self, stream, None)
 
     def request_data(self, stream: CallStream) -> None:
         self.calls.feed(self, stream)
 
-    def request_ended(self, stream: CallStream) -> None:
-        if stream.messages is not None:
+    def request_ended(self, stream: CallStream, body: bytes | None) -> None:
+        if body is not None:
+            self.calls.start(self, stream, body)
+        elif stream.messages is not None:
             stream.messages.put_nowait(None)
-        elif not stream.streaming:
-            self.calls.start(self, stream, self.core.take_body(stream))
 
     def request_too_large(self, stream: CallStream) -> None:
         self.calls.too_large(self, stream)

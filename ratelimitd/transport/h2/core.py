@@ -49,6 +49,15 @@ HARD_HEADER_LIST_FACTOR = 4  # decoding stops (a connection error) at 4 x max_he
 
 _END_FLAGS = f.END_HEADERS | f.END_STREAM
 
+# A unary answer's frames around its message, each packed in one go (they differ only in the
+# stream id and the message's size): HEADERS with the response headers, then the DATA frame's
+# head and the message's 5-byte prefix; after the message, HEADERS with the OK trailers. A
+# frame head is 5 fixed bytes (length, type, flags) and the stream id.
+_ANSWER_HEAD = struct.Struct(f">5sI{len(RESPONSE_HEADERS)}sHBBBIBI")
+_RESPONSE_HEADERS_START = f.head(len(RESPONSE_HEADERS), f.HEADERS, f.END_HEADERS, 0)[:5]
+_ANSWER_TAIL = struct.Struct(f">5sI{len(TRAILERS_OK)}s")
+_TRAILERS_OK_START = f.head(len(TRAILERS_OK), f.HEADERS, _END_FLAGS, 0)[:5]
+
 
 S = TypeVar("S", bound=Stream)
 
@@ -59,7 +68,8 @@ class Events(Protocol[S]):
     def new_stream(
         self, stream_id: int, head: RequestHead, window: int, content_length: int | None
     ) -> S:
-        """A stream object for a request whose headers were read (a `Stream` subclass)."""
+        """A stream object for a request whose headers were read (a `Stream` subclass; the
+        class itself will do, which spares a call on every request)."""
 
     def parse_head(self, headers: Headers) -> RequestHead:
         """What a decoded header block says (once per distinct block)."""
@@ -67,14 +77,17 @@ class Events(Protocol[S]):
     def output_ready(self) -> None:
         """Bytes are waiting in `data_to_send()` (called on the first since the last take)."""
 
-    def stream_opened(self, stream: S) -> None:
-        """A request's headers have come; it may be refused here (`ServerCore.refuse`)."""
+    def streaming_request_opened(self, stream: S) -> None:
+        """A streaming request's headers have come (`RequestHead.streaming`): its bytes will
+        go up as they come (`request_data`). A unary request is told of once, at its end;
+        one whose head carries a refusal is answered with it by the core."""
 
     def request_data(self, stream: S) -> None:
         """More of a streaming request is in `stream.body`."""
 
-    def request_ended(self, stream: S) -> None:
-        """The client ended its request; a unary request's whole body is in `stream.body`."""
+    def request_ended(self, stream: S, body: bytes | None) -> None:
+        """The client ended its request: a unary request with its whole body (already
+        credited back to the client); a streaming one with None."""
 
     def request_too_large(self, stream: S) -> None:
         """The request's body grew past the largest message."""
@@ -318,7 +331,7 @@ class ServerCore(Generic[S]):
             raise f.H2Error(f.PROTOCOL_ERROR, "HEADERS on stream 0")
         if not self._settings_seen:
             raise f.H2Error(f.PROTOCOL_ERROR, "the first frame was not SETTINGS")
-        block = f.unpad(flags, payload)
+        block = f.unpad(flags, payload) if flags & f.PADDED else payload
         self_dependent = False
         if flags & f.PRIORITY_FLAG:
             if len(block) < 5:
@@ -326,7 +339,10 @@ class ServerCore(Generic[S]):
             self_dependent = int.from_bytes(block[:4], "big") & 0x7FFFFFFF == stream_id
             block = block[5:]
         if flags & f.END_HEADERS:
-            self._on_header_block(stream_id, flags, block, self_dependent)
+            if stream_id > self.last_stream_id and stream_id & 1:  # a new stream, the usual
+                self._open(stream_id, flags, block, self_dependent)
+            else:
+                self._on_header_block(stream_id, flags, block, self_dependent)
         else:
             if not block and not self._empty_frames.take():
                 raise self._calm("empty_frames", "too many empty frames")
@@ -365,22 +381,17 @@ class ServerCore(Generic[S]):
 
     def _open(self, stream_id: int, flags: int, block: bytes, self_dependent: bool) -> None:
         ended = bool(flags & f.END_STREAM)
-        read: tuple[RequestHead, int | None] | Malformed | TooLarge
+        unreadable: Malformed | TooLarge | None = None
         try:
-            read = self._headers.read(block)  # always: HPACK stays in step
+            head, content_length = self._headers.read(block)  # always: HPACK stays in step
         except (Malformed, TooLarge) as exc:
-            read = exc
+            unreadable = exc
         if stream_id > self.last_stream_id + 2:  # the ones between are closed, never opened
             self._skip(self.last_stream_id + 2, stream_id - 2)
         self.last_stream_id = stream_id  # a bad HPACK block (raised above) opens nothing
-        if isinstance(read, Malformed):
-            self._refuse_stream(stream_id, f.PROTOCOL_ERROR)
+        if unreadable is not None:
+            self._refuse_unreadable(stream_id, unreadable, ended)
             return
-        if isinstance(read, TooLarge):
-            count("header_list")
-            self._answer_at_once(stream_id, self.events.header_list_refusal(str(read)), ended)
-            return
-        head, content_length = read
         if self_dependent:
             self._refuse_stream(stream_id, f.PROTOCOL_ERROR)
             return
@@ -395,9 +406,20 @@ class ServerCore(Generic[S]):
         self.streams[stream_id] = stream
         if len(self.streams) == 1:
             self.events.streams_changed(busy=True)
-        self.events.stream_opened(stream)
+        if head.refusal is not None:
+            self.refuse(stream, head.refusal)
+        elif head.streaming:
+            stream.streaming = True
+            self.events.streaming_request_opened(stream)
         if ended:
             self._end_of_request(stream)
+
+    def _refuse_unreadable(self, stream_id: int, error: Malformed | TooLarge, ended: bool) -> None:
+        if isinstance(error, Malformed):
+            self._refuse_stream(stream_id, f.PROTOCOL_ERROR)
+        else:
+            count("header_list")
+            self._answer_at_once(stream_id, self.events.header_list_refusal(str(error)), ended)
 
     def _on_trailers(self, stream: S, flags: int, block: bytes) -> None:
         try:
@@ -439,28 +461,35 @@ class ServerCore(Generic[S]):
             self._give_credit(len(payload))
             self._reset(stream, f.STREAM_CLOSED)
             return
-        if not payload and not flags & f.END_STREAM and not self._empty_frames.take():
+        ended = flags & f.END_STREAM
+        if not payload and not ended and not self._empty_frames.take():
             raise self._calm("empty_frames", "too many empty frames")
-        data = f.unpad(flags, payload)
-        self._give_credit(len(payload) - len(data))
+        data = f.unpad(flags, payload) if flags & f.PADDED else payload
         stream.received += len(data)
-        if stream.content_length is not None and stream.received > stream.content_length:
-            self._give_credit(len(data))
+        expected = stream.content_length
+        if expected is not None and (
+            stream.received > expected or (ended and stream.received != expected)
+        ):
+            self._give_credit(len(payload))
             self._reset(stream, f.PROTOCOL_ERROR)
             return
-        self._keep(stream, data)
-        if flags & f.END_STREAM:
-            if stream.content_length not in (None, stream.received):
-                self._reset(stream, f.PROTOCOL_ERROR)
-                return
-            if stream.id in self.streams:  # (not answered and closed meanwhile)
-                stream.advance(StreamEvent.RECV_END_STREAM)
-            self._end_of_request(stream)
-        else:
+        if not ended:
+            self._give_credit(len(payload) - len(data))
+            self._keep(stream, data)
             stream.unacknowledged += len(payload)
             if stream.unacknowledged >= STREAM_WINDOW // 2:
                 self._write(f.window_update(stream_id, stream.unacknowledged))
                 stream.unacknowledged = 0
+        elif stream.body or stream.streaming or stream.refused or len(data) > self.max_body:
+            self._give_credit(len(payload) - len(data))
+            self._keep(stream, data)
+            if stream.id in self.streams:  # (not answered and closed meanwhile)
+                stream.advance(StreamEvent.RECV_END_STREAM)
+            self._end_of_request(stream)
+        else:  # the whole request in this one frame, the usual unary call: nothing is kept
+            stream.advance(StreamEvent.RECV_END_STREAM)
+            self._give_credit(len(payload))
+            self.events.request_ended(stream, data)
 
     def _on_data_of_closed(self, stream_id: int) -> None:
         if stream_id > self.last_stream_id or not stream_id & 1:
@@ -488,14 +517,6 @@ class ServerCore(Generic[S]):
         stream.held -= size
         self._give_credit(size)
 
-    def take_body(self, stream: S) -> bytes:
-        """A unary request's whole body, taken by the layer above (and credited back)."""
-        body = bytes(stream.body)
-        stream.body = bytearray()
-        self._give_credit(stream.held)
-        stream.held = 0
-        return body
-
     def _give_credit(self, size: int) -> None:
         """Gives consumed bytes back to the connection window, a sixteenth of it at a time."""
         self._credit += size
@@ -505,8 +526,17 @@ class ServerCore(Generic[S]):
             self._credit = 0
 
     def _end_of_request(self, stream: S) -> None:
-        if not stream.refused:
-            self.events.request_ended(stream)
+        """The client ended a request whose bytes were kept: they go up with the news."""
+        if stream.refused:
+            return
+        if stream.streaming:
+            self.events.request_ended(stream, None)
+            return
+        body = bytes(stream.body)
+        stream.body = bytearray()
+        self._give_credit(stream.held)
+        stream.held = 0
+        self.events.request_ended(stream, body)
 
     def _on_rst_stream(self, stream_id: int, payload: bytes) -> None:
         if not stream_id or len(payload) != 4:
@@ -628,16 +658,11 @@ class ServerCore(Generic[S]):
         ):  # all of it fits: one write, no bookkeeping
             self._send_window -= size
             sid = stream.id
-            self._write(
-                f.head(len(RESPONSE_HEADERS), f.HEADERS, f.END_HEADERS, sid)
-                + RESPONSE_HEADERS
-                + f.head(size, f.DATA, 0, sid)
-                + b"\x00"
-                + len(message).to_bytes(4, "big")
-                + message
-                + f.head(len(TRAILERS_OK), f.HEADERS, _END_FLAGS, sid)
-                + TRAILERS_OK
-            )
+            head = _ANSWER_HEAD.pack(
+                _RESPONSE_HEADERS_START, sid, RESPONSE_HEADERS,
+                size >> 8, size & 0xFF, f.DATA, 0, sid, 0, size - 5,
+            )  # fmt: skip
+            self._write(head + message + _ANSWER_TAIL.pack(_TRAILERS_OK_START, sid, TRAILERS_OK))
             self._ended_by_us(stream)
             return
         self.send_message(stream, message)
@@ -682,12 +707,13 @@ class ServerCore(Generic[S]):
         self._write(f.frame(f.HEADERS, _END_FLAGS, stream_id, block))
         if not ended:
             self._write(f.rst_stream(stream_id, f.NO_ERROR))
-        self._remember(stream_id, client_ended=ended)
+        if not ended:
+            self._remember_early(stream_id)
 
     def _refuse_stream(self, stream_id: int, code: int) -> None:
         """RST_STREAM for a stream never opened as a call (its later frames are dropped)."""
         self._write(f.rst_stream(stream_id, code))
-        self._remember(stream_id, client_ended=False)
+        self._remember_early(stream_id)
 
     def _pump(self, stream: S) -> None:
         """Sends what the windows allow; the trailers once nothing waits before them."""
@@ -727,22 +753,22 @@ class ServerCore(Generic[S]):
 
     def _close(self, stream: S) -> None:
         self.streams.pop(stream.id, None)
-        self._blocked.discard(stream)
+        if self._blocked:
+            self._blocked.discard(stream)
         if stream.held:
             self.consumed(stream, stream.held)
         self.events.stream_closed(stream)
-        self._remember(stream.id, client_ended=stream.ended and not stream.reset_sent)
+        if not stream.ended or stream.reset_sent:
+            self._remember_early(stream.id)
         if not self.streams:
             self._idle_since = time.monotonic()
             self.events.streams_changed(busy=False)
             if self.draining:
                 self.events.close_requested(after_error=False)
 
-    def _remember(self, stream_id: int, client_ended: bool) -> None:
+    def _remember_early(self, stream_id: int) -> None:
         """A stream closed before its client had ended it: its frames may still be on their
         way. (One the client had ended needs no record: see `_closed_kind`.)"""
-        if client_ended:
-            return
         early = self._closed_early
         early[stream_id] = None
         if len(early) >= 2 * CLOSED_MEMORY:  # keep the newest half: O(1) a stream, amortized

@@ -39,6 +39,7 @@ class RequestHead:
     timeout: float | None
     metadata: Metadata
     refusal: bytes | None  # a complete answer (header block) when the call cannot start
+    streaming: bool = False  # its bytes go up as they come (else: its whole body at the end)
 
 
 Parsed = TypeVar("Parsed")
