@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ratelimitd import logs, query
+from ratelimitd import healthcheck, logs, query
 from ratelimitd.config import load_config
 from ratelimitd.errors import ConfigError
 from ratelimitd.loops import loop_factory
@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         "query", help="ask a running ratelimitd (exit 0 allowed, 1 over limit, 2 error)"
     )
     query.add_arguments(query_parser)
+
+    health = commands.add_parser(
+        "healthcheck",
+        help="ask the running server's /healthcheck on the port it serves (exit 0 healthy)",
+    )
+    healthcheck.add_arguments(health)
     return parser
 
 
@@ -57,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check_config(args.paths)
     if args.command == "query":
         return query.run(args)
+    if args.command == "healthcheck":
+        return healthcheck.run(args)
     try:
         settings = Settings.from_env(
             config=args.config,

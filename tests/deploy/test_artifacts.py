@@ -9,11 +9,13 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from ratelimitd.config import load_config
 from ratelimitd.settings import Settings
@@ -25,7 +27,6 @@ from tests.e2e.harness import (
     ratelimit_filter,
     service_env,
 )
-from tests.servers.redis import free_port
 from tests.servers.service import ServiceProcess
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -121,19 +122,62 @@ def test_dockerignore_lets_in_what_the_dockerfile_copies() -> None:
 def healthcheck_command() -> list[str]:
     (healthcheck,) = [args for name, args in dockerfile_instructions() if name == "HEALTHCHECK"]
     command = json.loads(healthcheck[healthcheck.index("CMD") + 3 :].strip())
-    assert isinstance(command, list) and command[0] == "python", "exec form, no shell, no curl"
-    return [sys.executable, *command[1:]]
+    assert isinstance(command, list) and command[0] == "ratelimitd", "exec form, no shell"
+    return [sys.executable, "-m", "ratelimitd", *command[1:]]
 
 
-def test_dockerfile_healthcheck_command_follows_healthcheck(tmp_path: Path) -> None:
-    """The image's HEALTHCHECK, run as is: 0 while /healthcheck is 200, non-zero otherwise."""
+def test_dockerfile_healthcheck_follows_the_port_serve_was_given(tmp_path: Path) -> None:
+    """The image's HEALTHCHECK, run as is (but told the server's pid: in a container the
+    server is PID 1): 0 while /healthcheck is 200 on the port from `serve --http-port`, with
+    RATELIMITD_HTTP_PORT left at the image's 8080; non-zero with no server."""
     command = healthcheck_command()
+    image_env = {**os.environ, "RATELIMITD_HTTP_PORT": dockerfile_env()["RATELIMITD_HTTP_PORT"]}
     with ServiceProcess(CONFIG_DIR, service_env()) as service:
-        env = {**os.environ, "RATELIMITD_HTTP_PORT": str(service.http_port)}
-        healthy = subprocess.run(command, env=env, capture_output=True, timeout=30)
+        assert service.http_port != 8080
+        pid = str(service.process.pid)
+        healthy = subprocess.run([*command, "--pid", pid], env=image_env, capture_output=True)
         assert healthy.returncode == 0, healthy.stderr
-    nobody = {**os.environ, "RATELIMITD_HTTP_PORT": str(free_port())}
-    assert subprocess.run(command, env=nobody, capture_output=True, timeout=30).returncode != 0
+    gone = subprocess.run([*command, "--pid", pid], env=image_env, capture_output=True)
+    assert gone.returncode != 0
+
+
+# Flags every builder knows: Docker's classic builder and BuildKit, podman 4 and buildah 1.28
+# (--start-interval is Docker 25+ only, and the others fail the build on it).
+PORTABLE_HEALTHCHECK_FLAGS = {"interval", "timeout", "start-period", "retries"}
+
+
+def test_dockerfile_healthcheck_uses_only_flags_every_builder_knows() -> None:
+    (healthcheck,) = [args for name, args in dockerfile_instructions() if name == "HEALTHCHECK"]
+    flags = set(re.findall(r"--([a-z-]+)=", healthcheck[: healthcheck.index("CMD")]))
+    assert flags <= PORTABLE_HEALTHCHECK_FLAGS, flags - PORTABLE_HEALTHCHECK_FLAGS
+
+
+def test_the_build_backend_floor_can_read_the_license_expression() -> None:
+    """`license = "Apache-2.0"` (an SPDX string) needs setuptools 77; 68-76 fail the build."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert isinstance(project["project"]["license"], str)
+    (setuptools,) = [
+        Requirement(text)
+        for text in project["build-system"]["requires"]
+        if Requirement(text).name == "setuptools"
+    ]
+    assert not setuptools.specifier.contains("76.1.0")
+    assert setuptools.specifier.contains("77.0.0")
+    locked = re.search(r"^setuptools==(\S+)", (REPO / "requirements.txt").read_text(), re.M)
+    assert locked and setuptools.specifier.contains(locked.group(1))
+
+
+def test_dockerfile_installs_the_locked_dependencies_before_the_sources() -> None:
+    """A layer of dependencies from the lock alone: a change to the sources reuses it (and
+    rebuilds offline; tests/container builds it for real)."""
+    steps = [(name, args) for name, args in dockerfile_instructions(0) if name in ("COPY", "RUN")]
+    lock = steps.index(("COPY", "requirements.txt ./"))
+    install_name, install = steps[lock + 1]
+    assert (
+        install_name == "RUN" and "--require-hashes" in install and "-r requirements.txt" in install
+    )
+    sources = steps.index(("COPY", "ratelimitd/ ./ratelimitd/"))
+    assert lock < sources and not any(name == "COPY" for name, _ in steps[:lock])
 
 
 # --------------------------------------------------------------------------- #
@@ -151,6 +195,30 @@ def test_compose_runs_redis_ratelimitd_envoy_and_an_upstream() -> None:
     assert f"./deploy/config:{config_path}:ro" in ratelimitd["volumes"]
     assert env["RATELIMITD_REDIS_URL"].startswith("redis://redis:")
     assert ratelimitd["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_compose_checks_ratelimitd_health_itself() -> None:
+    """Start-up ordering must not hang on the image's HEALTHCHECK, which a build in the OCI
+    format drops: the compose file says how to check ratelimitd."""
+    ratelimitd = compose()["services"]["ratelimitd"]
+    assert ratelimitd["healthcheck"]["test"] == ["CMD", "ratelimitd", "healthcheck"]
+    assert ratelimitd["read_only"] is True and ratelimitd["cap_drop"] == ["ALL"]
+
+
+def test_compose_and_kubernetes_run_the_image_the_readme_builds() -> None:
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    image = f"ratelimitd:{version}"
+    assert compose()["services"]["ratelimitd"]["image"] == image
+    assert "podman build --format docker" in (REPO / "README.md").read_text()
+    assert f"-t {image} ." in (REPO / "README.md").read_text()
+    manifests = (REPO / "deploy" / "kubernetes").glob("*.yaml")
+    used = {
+        line.split("image:")[1].strip()
+        for path in manifests
+        for line in path.read_text().splitlines()
+        if "image:" in line and "ratelimitd" in line
+    }
+    assert used == {image}
 
 
 def test_compose_envoy_runs_deploy_envoy_yaml() -> None:

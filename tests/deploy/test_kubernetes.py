@@ -196,3 +196,38 @@ def test_sidecar_envoy_config_validates(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def kubernetes_validate(*paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tool("kubernetes-validate"), "--strict", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_every_manifest_passes_the_kubernetes_schemas(tmp_path: Path) -> None:
+    """kubernetes-validate --strict (unknown fields are errors), against its newest schemas;
+    a manifest with a misspelt field fails it, so the check is live."""
+    result = kubernetes_validate(*k8s_files())
+    assert result.returncode == 0, result.stdout + result.stderr
+    misspelt = tmp_path / "misspelt.yaml"
+    misspelt.write_text(
+        (K8S_DIR / "ratelimitd-deployment.yaml").read_text().replace("replicas:", "replica:")
+    )
+    assert kubernetes_validate(misspelt).returncode != 0
+
+
+# docker-library/redis, alpine/Dockerfile: `addgroup -S -g 1000 redis; adduser -S -G redis -u
+# 999 redis`. The image starts as root and drops to that user; run as it from the start.
+REDIS_IMAGE_USER, REDIS_IMAGE_GROUP = 999, 1000
+
+
+def test_redis_runs_as_the_redis_image_user_and_group() -> None:
+    deployment = named("Deployment", "ratelimitd-redis")
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["image"].startswith("redis:") and container["image"].endswith("-alpine")
+    context = {**spec.get("securityContext", {}), **container.get("securityContext", {})}
+    assert (context["runAsUser"], context["runAsGroup"]) == (REDIS_IMAGE_USER, REDIS_IMAGE_GROUP)
