@@ -12,6 +12,7 @@ from ratelimitd import healthcheck, logs, query
 from ratelimitd.config import load_config
 from ratelimitd.errors import ConfigError
 from ratelimitd.loops import loop_factory
+from ratelimitd.serve_options import add_serve_arguments, serve_settings
 from ratelimitd.settings import Settings
 
 
@@ -22,24 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the rate-limit service")
-    serve.add_argument("--config", help="YAML file or directory (RATELIMITD_CONFIG)")
-    serve.add_argument("--host", help="listen address (RATELIMITD_HOST, default 0.0.0.0)")
-    serve.add_argument(
-        "--grpc-port", type=int, help="gRPC port (RATELIMITD_GRPC_PORT, default 8081)"
-    )
-    serve.add_argument(
-        "--http-port", type=int, help="HTTP port (RATELIMITD_HTTP_PORT, default 8080)"
-    )
-    serve.add_argument(
-        "--redis-url", help="Redis URL; memory backend when absent (RATELIMITD_REDIS_URL)"
-    )
-
-    serve.add_argument(
-        "--workers",
-        type=int,
-        help="processes sharing the ports; needs Redis (RATELIMITD_WORKERS, default 1)",
-    )
+    add_serve_arguments(commands.add_parser("serve", help="run the rate-limit service"))
 
     check = commands.add_parser("check-config", help="validate config files and exit")
     check.add_argument("paths", nargs="+", help="YAML files or directories")
@@ -66,14 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "healthcheck":
         return healthcheck.run(args)
     try:
-        settings = Settings.from_env(
-            config=args.config,
-            host=args.host,
-            grpc_port=args.grpc_port,
-            http_port=args.http_port,
-            redis_url=args.redis_url,
-            workers=args.workers,
-        )
+        settings = serve_settings(args)
     except ConfigError as exc:
         _print_errors(exc)
         return 2

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ratelimitd.errors import ConfigError
+from ratelimitd.serve_options import parse_serve_arguments, serve_settings
 from ratelimitd.settings import Settings
 
 PROC = Path("/proc")
@@ -71,18 +72,7 @@ def server_settings(pid: int | None = None, proc: Path = PROC) -> Settings:
 
 def settings_of(argv: Sequence[str], environ: dict[str, str]) -> Settings:
     """As `ratelimitd serve` reads `argv` (the words after `serve`) with `environ`."""
-    from ratelimitd.cli import build_parser  # (the cli imports this module)
-
-    args, _ = build_parser().parse_known_args(["serve", *argv])
-    return Settings.from_env(
-        environ,
-        config=args.config,
-        host=args.host,
-        grpc_port=args.grpc_port,
-        http_port=args.http_port,
-        redis_url=args.redis_url,
-        workers=args.workers,
-    )
+    return serve_settings(parse_serve_arguments(argv), environ)
 
 
 def _serve_process(pid: int | None, proc: Path) -> tuple[list[str], dict[str, str]] | None:
