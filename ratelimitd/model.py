@@ -65,6 +65,21 @@ _ALGORITHM_CODES = {
 }
 
 
+class Charge(enum.Enum):
+    """What a hit is charged when its cost does not fit what is left (docs/algorithms.md).
+
+    `if_fits` (all or nothing): it is denied and charged nothing. `always` (a debt): a hit with
+    room for one unit left is admitted, a hit with none is denied, and either is charged its
+    whole cost, past the limit if need be; the window or bucket pays the debt off over time.
+    For costs known only afterwards (tokens an LLM used), which must count in full.
+    """
+
+    __hash__ = object.__hash__  # as Unit's
+
+    IF_FITS = "if_fits"
+    ALWAYS = "always"
+
+
 class Code(enum.Enum):
     """Values are Envoy's `RateLimitResponse.Code` numbers."""
 
@@ -84,6 +99,7 @@ class Limit:
     algorithm: Algorithm = Algorithm.FIXED_WINDOW
     burst: int | None = None
     name: str = ""
+    charge: Charge = Charge.IF_FITS
     # Worked out once (every decision reads them): the window length, or full refill time, in
     # seconds; and what tells apart the counters of several limits on one descriptor (it leaves
     # out `requests_per_unit`, so raising or lowering a limit keeps the count).

@@ -1,20 +1,46 @@
-"""Fixed window: at most `requests_per_unit` per window aligned to the epoch."""
+"""Fixed window: at most `requests_per_unit` per window aligned to the epoch.
+
+Under `charge: always` the count may pass the limit (a debt): each window end then pays off
+one window's worth (`requests_per_unit`), so a debt of D delays the next admission by about
+D / requests_per_unit windows. Without a debt every window starts at zero.
+"""
 
 from __future__ import annotations
 
+import math
+
 from ratelimitd.algorithms.base import Outcome, State
-from ratelimitd.model import Limit, LimitResult
+from ratelimitd.model import Charge, Limit, LimitResult
 
 
 def step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
     period = limit.period
     window = now - now % period
-    count = int(state[1]) if state is not None and state[0] == window else 0
     capacity = limit.requests_per_unit
-    allowed = count < capacity if cost == 0 else count + cost <= capacity
-    if allowed:
+    count = _carried(state, window, period, capacity)
+    if limit.charge is Charge.ALWAYS and cost > 0:
+        allowed = count < capacity  # room for one unit: then all of it, past the limit if need be
         count += cost
+    else:
+        allowed = count < capacity if cost == 0 else count + cost <= capacity
+        if allowed:
+            count += cost
     window_end = window + period
+    # window ends until one unit fits again, and until nothing is owed (when the key can go)
+    admits_in = max(1, math.ceil((count + 1 - capacity) / capacity)) if capacity else 1
+    paid_in = max(1, math.ceil(count / capacity)) if capacity else 1
     return Outcome(
-        (window, count), LimitResult(allowed, capacity - count, window_end - now), window_end
+        (window, count),
+        LimitResult(allowed, max(capacity - count, 0), window_end + (admits_in - 1) * period - now),
+        window + paid_in * period,
     )
+
+
+def _carried(state: State | None, window: float, period: int, capacity: int) -> int:
+    """The count at the start of `window`: what is left of a debt after the window ends since."""
+    if state is None:
+        return 0
+    ends = round((window - state[0]) / period)
+    if ends == 0:
+        return int(state[1])
+    return max(int(state[1]) - ends * capacity, 0) if ends > 0 else 0

@@ -4,6 +4,9 @@ A hit takes `cost` tokens when it can. `reset_after` is, when denied, the time u
 tokens refill for the same cost; when allowed, the time until the bucket is full again.
 A cost above `burst` never fits and is denied. The config requires `requests_per_unit >= 1`
 for this algorithm, so the rate is never zero.
+
+Under `charge: always` a hit is admitted while one token is left and takes its whole cost:
+the tokens go below zero (a debt), and refill pays it off at the same rate.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import math
 
 from ratelimitd.algorithms.base import RETRY_MARGIN_S, TOLERANCE, Outcome, State
-from ratelimitd.model import Limit, LimitResult
+from ratelimitd.model import Charge, Limit, LimitResult
 
 
 def step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
@@ -21,15 +24,21 @@ def step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
         tokens = float(capacity)
     else:
         tokens = min(float(capacity), state[0] + max(now - state[1], 0.0) * rate)
+    charge_anyway = limit.charge is Charge.ALWAYS and cost > 0
+    need = 1 if charge_anyway else max(cost, 1)
     # TOLERANCE: a retry exactly `reset_after` later must fit, float rounding or not
-    allowed = tokens + TOLERANCE >= max(cost, 1)
-    if allowed:
+    allowed = tokens + TOLERANCE >= need
+    if charge_anyway:
+        tokens -= cost
+    elif allowed:
         tokens = max(tokens - cost, 0.0)
     full_after = (capacity - tokens) / rate
-    if allowed or cost > capacity:
+    if allowed or need > capacity:
         reset_after = full_after
     else:
-        reset_after = (max(cost, 1) - tokens) / rate + RETRY_MARGIN_S
+        reset_after = (need - tokens) / rate + RETRY_MARGIN_S
     return Outcome(
-        (tokens, now), LimitResult(allowed, math.floor(tokens), reset_after), now + full_after
+        (tokens, now),
+        LimitResult(allowed, max(math.floor(tokens), 0), reset_after),
+        now + full_after,
     )

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from ratelimitd.algorithms import STEPS
 from ratelimitd.backends.base import CounterRequest, CounterResult
 from ratelimitd.clock import Clock, SystemClock
+from ratelimitd.model import Charge
 
 Entry = tuple[float, ...]  # (expires_at, *state)
 
@@ -52,9 +53,11 @@ class MemoryBackend:
             state = entry[1:] if entry is not None and entry[0] > now else None
             outcomes.append((key, STEPS[limit.algorithm](state, now, limit, request.cost)))
         allowed = all(outcome.result.allowed for _, outcome in outcomes)
-        if allowed and request.cost > 0:
+        if request.cost > 0:
             intern = self._intern
-            for key, outcome in outcomes:
+            for (key, outcome), limit in zip(outcomes, request.limits, strict=True):
+                if not (allowed or limit.charge is Charge.ALWAYS):
+                    continue  # a denied descriptor charges its `if_fits` limits nothing
                 entry = counters.get(key)
                 if entry is None or math.ceil(entry[0]) != math.ceil(outcome.expires_at):
                     self._schedule(key, outcome.expires_at)

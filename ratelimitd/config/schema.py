@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ratelimitd.model import Algorithm, Limit, Rule, Unit
+from ratelimitd.model import Algorithm, Charge, Limit, Rule, Unit
 
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
@@ -45,10 +45,12 @@ LIMIT_KEYS = frozenset(
         "unit_multiplier",
         "algorithm",
         "burst",
+        "charge",
     }
 )
 UNIT_NAMES = ", ".join(unit.name.lower() for unit in Unit)
 ALGORITHM_NAMES = ", ".join(algorithm.value for algorithm in Algorithm)
+CHARGE_NAMES = ", ".join(charge.value for charge in Charge)
 MAX_REQUESTS_PER_UNIT = 2**32 - 1
 # Deeper than any real descriptor (Envoy sends a handful of entries; requests allow 32).
 MAX_DEPTH = 32
@@ -384,7 +386,7 @@ def _limit(
     elif not unlimited:
         errors.add(node, where, f"rate limit unit is required (one of {UNIT_NAMES})")
     if unlimited:
-        for extra in ("algorithm", "burst", "unit_multiplier"):
+        for extra in ("algorithm", "burst", "unit_multiplier", "charge"):
             if extra in fields:
                 errors.add(
                     fields[extra][0],
@@ -425,9 +427,37 @@ def _limit(
             f"{where}.requests_per_unit",
             "a token_bucket needs requests_per_unit of at least 1 (its refill rate)",
         )
+    charge = _charge(fields, where, requests, errors)
     if len(errors.items) > before or unit is None or requests is None:
         return None
-    return Limit(requests, unit, multiplier, algorithm, burst, name), False, replaces
+    return Limit(requests, unit, multiplier, algorithm, burst, name, charge), False, replaces
+
+
+def _charge(
+    fields: dict[str, tuple[yaml.Node, yaml.Node]],
+    where: str,
+    requests: int | None,
+    errors: ErrorList,
+) -> Charge:
+    """`charge: if_fits | always` (what a cost that does not fit is charged)."""
+    if "charge" not in fields:
+        return Charge.IF_FITS
+    key, value = fields["charge"]
+    text = _scalar_text(value) or ""
+    try:
+        charge = Charge(text.strip().lower())
+    except ValueError:
+        errors.add(
+            value, f"{where}.charge", f"invalid charge '{text}' (expected one of {CHARGE_NAMES})"
+        )
+        return Charge.IF_FITS
+    if charge is Charge.ALWAYS and requests == 0:
+        errors.add(
+            key,
+            f"{where}.charge",
+            "charge: always needs requests_per_unit of at least 1 (what pays a debt off)",
+        )
+    return charge
 
 
 def _replaces(node: yaml.Node, where: str, errors: ErrorList) -> set[str]:

@@ -37,6 +37,13 @@ descriptors:
     rate_limits:
       - {name: per_second, unit: second, requests_per_unit: 10, algorithm: token_bucket, burst: 20}
       - {name: per_day, unit: day, requests_per_unit: 10000}
+  - key: fixed_debt
+    rate_limit: {unit: minute, requests_per_unit: 10, charge: always}
+  - key: sliding_debt
+    rate_limit: {unit: minute, requests_per_unit: 10, algorithm: sliding_window, charge: always}
+  - key: bucket_debt
+    rate_limit:
+      {unit: second, requests_per_unit: 10, algorithm: token_bucket, burst: 20, charge: always}
 """
 
 Row = tuple[float, int, Code, int, float]
@@ -74,6 +81,37 @@ BUCKET: list[Row] = [
 ]
 
 
+# `charge: always`: admitted while one unit is left, charged in full whatever the answer (a
+# debt), paid off as docs/algorithms.md says. Limit 10 a minute (10 tokens a second, burst 20).
+FIXED_DEBT: list[Row] = [
+    (0, 4, OK, 6, 60),
+    (10, 25, OK, 0, 110),  # count 29: 19 after the first window end, 9 after the second
+    (20, 0, OVER, 0, 100),  # a probe is charged nothing
+    (30, 5, OVER, 0, 150),  # denied, and charged all the same: 34 -> 24, 14, 4 at 180 s
+    (60, 0, OVER, 0, 120),  # 24 carried into this window
+    (180, 1, OK, 5, 60),  # 4 carried, plus 1
+    (181, 0, OK, 5, 59),
+]
+
+SLIDING_DEBT: list[Row] = [
+    (0, 4, OK, 6, 120),
+    (30, 25, OK, 0, 210),  # 29: previous 10 + 19, then 10 + 9, then 9 + 0, then 0 at 240 s
+    (45, 0, OVER, 0, 135),  # 10 x (1 - f) + 9 <= 9 at the end of the third window (180 s)
+    (60, 0, OVER, 0, 120),  # 10 x 1 + 19 = 29
+    (180, 1, OK, 0, 120),  # previous 9, current 0: 9 + 1 fits
+    (210, 0, OK, 4, 90),  # 9 x 0.5 + 1 = 5.5
+]
+
+BUCKET_DEBT: list[Row] = [
+    (0, 25, OK, 0, 2.5),  # 20 tokens, then -5: full again after 25 / 10 s
+    (0, 0, OVER, 0, 0.6),  # one token after 0.6 s
+    (0.3, 3, OVER, 0, 0.6),  # -2 tokens: denied, and charged: -5 again
+    (0.9, 0, OK, 1, 1.9),
+    (1.0, 10, OK, 0, 2.8),  # 2 tokens, then -8
+    (4.0, 0, OK, 20, 0.0),  # full (20 tokens) from 3.8 s
+]
+
+
 @pytest.fixture
 def limiter(backend: Backend, key_prefix: str) -> Limiter:
     return Limiter(config(RULES), backend, LimiterOptions(key_prefix=key_prefix))
@@ -84,7 +122,15 @@ def hit(key: str, cost: int, value: str = "v") -> Request:
 
 
 @pytest.mark.parametrize(
-    ("key", "rows"), [("fixed", FIXED), ("sliding", SLIDING), ("bucket", BUCKET)]
+    ("key", "rows"),
+    [
+        ("fixed", FIXED),
+        ("sliding", SLIDING),
+        ("bucket", BUCKET),
+        ("fixed_debt", FIXED_DEBT),
+        ("sliding_debt", SLIDING_DEBT),
+        ("bucket_debt", BUCKET_DEBT),
+    ],
 )
 async def test_scenario(limiter: Limiter, clock: FakeClock, key: str, rows: list[Row]) -> None:
     for at, cost, code, remaining, reset in rows:

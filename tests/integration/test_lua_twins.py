@@ -13,7 +13,7 @@ from ratelimitd.backends.memory import MemoryBackend
 from ratelimitd.backends.redis.backend import RedisBackend
 from ratelimitd.backends.redis.client import RedisOptions
 from ratelimitd.clock import FakeClock
-from ratelimitd.model import Algorithm, Limit, Unit
+from ratelimitd.model import Algorithm, Charge, Limit, Unit
 from tests.servers.redis import RedisServer
 
 T0 = 1_700_000_100.0
@@ -26,11 +26,12 @@ limits = st.builds(
     unit_multiplier=st.integers(1, 3),
     algorithm=st.sampled_from(list(Algorithm)),
     burst=st.none() | st.integers(1, 40),
+    charge=st.sampled_from(list(Charge)),
 )
 traffic = st.lists(
     st.tuples(
         st.floats(min_value=0, max_value=5, allow_nan=False).map(lambda x: round(x, 3)),
-        st.integers(0, 5),
+        st.integers(0, 5) | st.integers(6, 60),  # costs past a limit too (charge: always)
     ),
     min_size=1,
     max_size=60,
@@ -73,4 +74,31 @@ def same(a: CounterResult, b: CounterResult) -> bool:
 def test_lua_matches_python(
     redis_server_session: RedisServer, limit_set: tuple[Limit, ...], hits: list[tuple[float, int]]
 ) -> None:
+    asyncio.run(replay(redis_server_session.url, limit_set, hits))
+
+
+debt_limits = st.builds(
+    Limit,
+    requests_per_unit=st.integers(1, 10),
+    unit=st.just(Unit.SECOND),
+    unit_multiplier=st.integers(1, 3),
+    algorithm=st.sampled_from(list(Algorithm)),
+    burst=st.none() | st.integers(1, 20),
+    charge=st.just(Charge.ALWAYS),
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(debt_limits, min_size=1, max_size=2, unique_by=lambda limit: limit.counter_id).map(
+        tuple
+    ),
+    traffic,
+)
+def test_lua_matches_python_in_debt(
+    redis_server_session: RedisServer, limit_set: tuple[Limit, ...], hits: list[tuple[float, int]]
+) -> None:
+    """`charge: always` on short windows: debts made, carried over window ends, paid off."""
     asyncio.run(replay(redis_server_session.url, limit_set, hits))

@@ -24,7 +24,9 @@ DESCRIPTOR_KEYS = (
     "descriptors, detailed_metric, key, metadata, quota_mode, rate_limit, rate_limits, "
     "shadow_mode, share_threshold, value, value_to_metric"
 )
-LIMIT_KEYS = "algorithm, burst, name, replaces, requests_per_unit, unit, unit_multiplier, unlimited"
+LIMIT_KEYS = (
+    "algorithm, burst, charge, name, replaces, requests_per_unit, unit, unit_multiplier, unlimited"
+)
 
 
 def _corpus(folder: Path) -> list[str]:

@@ -20,7 +20,7 @@ from ratelimitd.backends.redis.backend import (
 )
 from ratelimitd.backends.redis.client import RedisOptions, _hosts, describe, make_client
 from ratelimitd.errors import BackendError, ConfigError
-from ratelimitd.model import Algorithm, Limit, LimitResult, Unit
+from ratelimitd.model import Algorithm, Charge, Limit, LimitResult, Unit
 
 
 def test_multi_host_urls_are_parsed() -> None:
@@ -69,7 +69,7 @@ def test_the_script_holds_every_algorithm() -> None:
 def test_script_args_and_reply() -> None:
     limits = (
         Limit(10, Unit.SECOND, algorithm=Algorithm.TOKEN_BUCKET, burst=20),
-        Limit(1000, Unit.DAY),
+        Limit(1000, Unit.DAY, charge=Charge.ALWAYS),
     )
     both = CounterRequest("p:{d|k=v}", limits, 2)
     one = CounterRequest("p:{d|k=w}", limits[1:], 1)
@@ -82,16 +82,19 @@ def test_script_args_and_reply() -> None:
         10,
         1,
         20,
+        0,  # charge: if_fits
         "fixed_window",
         1000,
         86400,
         1000,
+        1,  # charge: always
         1,
         1,
         "fixed_window",
         1000,
         86400,
         1000,
+        1,
     ]
     results = parse_reply([0, 1, 18, 200, 0, 0, 3_600_000, 1, 1, 999, 5000], [both, one])
     assert results == [

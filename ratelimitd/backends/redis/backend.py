@@ -35,7 +35,7 @@ from ratelimitd.backends.redis.client import (
 from ratelimitd.backends.redis.resp import RespConnection, endpoint_from_url, pack
 from ratelimitd.clock import Clock
 from ratelimitd.errors import BackendError
-from ratelimitd.model import LimitResult
+from ratelimitd.model import Charge, LimitResult
 
 SCRIPT_PARTS = ("prelude", "fixed_window", "sliding_window", "token_bucket", "hit")
 
@@ -55,7 +55,13 @@ def script_args(requests: Sequence[CounterRequest], now: str) -> list[Any]:
     for request in requests:
         args += [request.cost, len(request.limits)]
         for limit in request.limits:
-            args += [limit.algorithm.value, limit.requests_per_unit, limit.period, limit.capacity]
+            args += [
+                limit.algorithm.value,
+                limit.requests_per_unit,
+                limit.period,
+                limit.capacity,
+                1 if limit.charge is Charge.ALWAYS else 0,
+            ]
     return args
 
 
