@@ -59,8 +59,11 @@ def test_compose_file_matches_the_compose_spec() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_envoy_validates_the_envoy_config() -> None:
-    result = run(tool("envoy"), "--mode", "validate", "-c", str(ENVOY_YAML), "-l", "warning")
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "deploy" / "envoy").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_envoy_validates_the_envoy_configs(path: Path) -> None:
+    result = run(tool("envoy"), "--mode", "validate", "-c", str(path), "-l", "warning")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout
 

@@ -146,9 +146,17 @@ def render_envoy_config(
 
 
 class EnvoyProcess:
-    """One Envoy on loopback, configured from the deploy template."""
+    """One Envoy on loopback, configured from the deploy template (or another of deploy/envoy/
+    with the same cluster names)."""
 
-    def __init__(self, *, ratelimitd_port: int, upstream_port: int, failure_mode_deny: bool):
+    def __init__(
+        self,
+        *,
+        ratelimitd_port: int,
+        upstream_port: int,
+        failure_mode_deny: bool,
+        template: Mapping[str, Any] | None = None,
+    ):
         self.port = free_port()
         self.admin_port = free_port()
         self.failure_mode_deny = failure_mode_deny
@@ -158,6 +166,7 @@ class EnvoyProcess:
             ratelimitd_port=ratelimitd_port,
             upstream_port=upstream_port,
             failure_mode_deny=failure_mode_deny,
+            template=template,
         )
         self.dir = Path(tempfile.mkdtemp(prefix="ratelimitd-envoy-"))
         self.config_path = self.dir / "envoy.yaml"
