@@ -92,6 +92,8 @@ class App:
             LimiterOptions(
                 key_prefix=settings.key_prefix,
                 shadow_mode=settings.shadow_mode,
+                quota_mode=settings.quota_mode,
+                response_dynamic_metadata=settings.response_dynamic_metadata,
                 backend_failure=settings.backend_failure,
                 near_limit_ratio=settings.near_limit_ratio,
                 detailed_metric_max_values=settings.detailed_metric_max_values,

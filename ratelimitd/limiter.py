@@ -7,10 +7,12 @@ batch, and builds one status per descriptor.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ratelimitd import metrics
 from ratelimitd.backends.base import Backend, CounterRequest, CounterResult
@@ -51,6 +53,8 @@ class Bounds:
 class LimiterOptions:
     key_prefix: str = "ratelimitd:"
     shadow_mode: bool = False
+    quota_mode: bool = False  # every rule in quota mode (upstream's QUOTA_MODE)
+    response_dynamic_metadata: bool = False  # upstream's RESPONSE_DYNAMIC_METADATA
     backend_failure: str = "error"  # error | allow | deny, when the backend fails
     near_limit_ratio: float = 0.8
     detailed_metric_max_values: int = 100
@@ -85,6 +89,8 @@ class Prepared:
     config: RateLimitConfig
     plans: tuple[_Planned, ...]
     counters: tuple[CounterRequest, ...]
+    request: Request
+    quotas: tuple[bool, ...] = ()  # per plan, whether it is in quota mode; () when none is
 
 
 class Limiter:
@@ -111,20 +117,25 @@ class Limiter:
         config = self.config  # one snapshot for the whole request, even across a reload
         plans = tuple(self._plan(config, request))
         counters = tuple(plan.counter for plan in plans if plan.counter is not None)
-        return Prepared(config, plans, counters)
+        quotas = tuple(
+            plan.counter is not None
+            and (self.options.quota_mode or (plan.rule is not None and plan.rule.quota_mode))
+            for plan in plans
+        )
+        return Prepared(config, plans, counters, request, quotas if any(quotas) else ())
 
     async def decide(self, prepared: Prepared) -> Decision:
         """Charges what `prepared` asks for and answers it."""
         counters = prepared.counters
         if not counters:
-            return self._decision(prepared.plans, iter(()))
+            return self._decision(prepared, iter(()))
         try:
             results = await self.backend.hit(counters)
         except BackendError as exc:
             metrics.BACKEND_ERRORS.labels(self.backend.name, exc.kind).inc()
             return self._on_backend_failure(prepared.plans, exc)
         self._decisions.inc(len(counters))
-        return self._decision(prepared.plans, iter(results))
+        return self._decision(prepared, iter(results))
 
     async def decide_many(self, batch: Sequence[Prepared]) -> list[Decision | BackendError]:
         """Decides each of `batch` as `decide` would, with one call to the backend for all.
@@ -139,21 +150,21 @@ class Limiter:
             return [self._failure_or_error(prepared, exc) for prepared in batch]
         if counters:
             self._decisions.inc(len(counters))
-        return [self._decision(prepared.plans, results) for prepared in batch]
+        return [self._decision(prepared, results) for prepared in batch]
 
     def _failure_or_error(self, prepared: Prepared, exc: BackendError) -> Decision | BackendError:
         if not prepared.counters:
-            return self._decision(prepared.plans, iter(()))
+            return self._decision(prepared, iter(()))
         try:
             return self._on_backend_failure(prepared.plans, exc)
         except BackendError as error:
             return error
 
-    def _decision(self, plans: Sequence[_Planned], results: Iterator[CounterResult]) -> Decision:
+    def _decision(self, prepared: Prepared, results: Iterator[CounterResult]) -> Decision:
         """One status per plan, taking the next of `results` for each plan with a counter."""
         statuses = []
         over = False
-        for plan in plans:
+        for plan in prepared.plans:
             if plan.counter is None:
                 statuses.append(self._uncounted_status(plan))
                 continue
@@ -163,8 +174,13 @@ class Limiter:
             if status.code is Code.OVER_LIMIT:
                 over = True
             statuses.append(status)
+        if prepared.quotas:
+            over = _over_with_quotas(prepared.quotas, statuses)
         overall = Code.OVER_LIMIT if over and not self.options.shadow_mode else Code.OK
-        return Decision(overall, tuple(statuses))
+        decision = Decision(overall, tuple(statuses))
+        if self.options.response_dynamic_metadata:
+            decision.dynamic_metadata = dynamic_metadata(prepared, statuses)
+        return decision
 
     def _observe(self, plan: _Planned, status: Status, result: CounterResult) -> None:
         """Per-rule metrics, and a debug line for each denial."""
@@ -292,6 +308,59 @@ class Limiter:
             remaining if remaining > 0 else 0,
             reset_after if reset_after > 0 else 0.0,
         )
+
+
+def _over_with_quotas(quotas: Sequence[bool], statuses: Sequence[Status]) -> bool:
+    """As envoyproxy/ratelimit decides with quota-mode descriptors: over the limit when a
+    descriptor in rate-limit mode is, or when every one in quota mode is. A quota used up
+    alone does not deny: its status says so, for Envoy to route elsewhere."""
+    pairs = list(zip(quotas, statuses, strict=True))
+    quota_over = [status.code is Code.OVER_LIMIT for quota, status in pairs if quota]
+    limit_over = any(status.code is Code.OVER_LIMIT for quota, status in pairs if not quota)
+    return limit_over or (bool(quota_over) and all(quota_over))
+
+
+def dynamic_metadata(prepared: Prepared, statuses: Sequence[Status]) -> dict[str, Any]:
+    """The response's `dynamic_metadata`, as envoyproxy/ratelimit builds it: the domain, the
+    request's descriptors, and the `metadata` of the rules of the descriptors under their
+    limit, merged (the first one wins a key that two give, and mappings merge)."""
+    request = prepared.request
+    fields: dict[str, Any] = {
+        "domain": request.domain,
+        "descriptors": [_descriptor_fields(descriptor) for descriptor in request.descriptors],
+    }
+    if request.hits_addend != 1:
+        fields["hitsAddend"] = request.hits_addend
+    merged: dict[str, Any] = {}
+    for plan, status in zip(prepared.plans, statuses, strict=True):
+        rule = plan.rule
+        under_limit = plan.counter is not None and status.code is Code.OK
+        if under_limit and rule is not None and isinstance(rule.metadata, dict):
+            _merge(merged, rule.metadata)
+    if merged:
+        fields["metadata"] = merged
+    return fields
+
+
+def _descriptor_fields(descriptor: Descriptor) -> dict[str, Any]:
+    fields: dict[str, Any] = {"entries": [f"{key}={value}" for key, value in descriptor.entries]}
+    if descriptor.override is not None:
+        override = descriptor.override
+        fields["limit"] = (
+            f"requests_per_unit:{override.requests_per_unit} unit:{override.unit.name}"
+        )
+    if descriptor.hits_addend is not None:
+        fields["hitsAddend"] = descriptor.hits_addend
+    return fields
+
+
+def _merge(into: dict[str, Any], source: dict[str, Any]) -> None:
+    for key, value in source.items():
+        present = into.get(key)
+        if key not in into:
+            into[key] = copy.deepcopy(value)  # merging into it later must not touch the rule
+        elif isinstance(present, dict) and isinstance(value, dict):
+            _merge(present, value)
 
 
 def _most_restrictive(result: CounterResult) -> int:

@@ -191,3 +191,5 @@ class Decision:
 
     overall: Code
     statuses: tuple[Status, ...] = field(default_factory=tuple)
+    # for Envoy's `RateLimitResponse.dynamic_metadata` (a Struct), when it is asked for
+    dynamic_metadata: dict[str, Any] | None = None

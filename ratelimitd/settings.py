@@ -26,6 +26,8 @@ class Settings:
     grpc_port: int = 8081
     http_port: int = 8080
     shadow_mode: bool = False
+    quota_mode: bool = False  # every rule in quota mode (upstream's QUOTA_MODE)
+    response_dynamic_metadata: bool = False  # upstream's RESPONSE_DYNAMIC_METADATA
     key_prefix: str = "ratelimitd:"
     log_level: str = "info"
     redis_url: str = ""

@@ -61,6 +61,9 @@ def decision_to_proto(decision: Decision) -> rls_pb2.RateLimitResponse:
             seconds = math.floor(status.reset_after)
             item.duration_until_reset.seconds = seconds
             item.duration_until_reset.nanos = int((status.reset_after - seconds) * 1e9)
+    if decision.dynamic_metadata is not None:
+        response.dynamic_metadata.SetInParent()  # present even when empty, as encoded
+        response.dynamic_metadata.update(decision.dynamic_metadata)
     return response
 
 

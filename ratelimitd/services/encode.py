@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import math
 
+from typing import Any
+
+from google.protobuf import struct_pb2
+
 from ratelimitd.model import Code, Decision, Limit, Status
 
 _SMALL = [bytes((n,)) for n in range(128)]
@@ -49,6 +53,13 @@ def varint(number: int) -> bytes:
     return bytes(out)
 
 
+def struct_bytes(fields: dict[str, Any]) -> bytes:
+    """A `google.protobuf.Struct` of plain values (what YAML gives), encoded by protobuf."""
+    message = struct_pb2.Struct()
+    message.update(fields)
+    return message.SerializeToString()
+
+
 def length_delimited(tag: bytes, payload: bytes) -> bytes:
     """One length-delimited field (a message, bytes or a string) with its one-byte tag."""
     return tag + varint(len(payload)) + payload
@@ -57,6 +68,7 @@ def length_delimited(tag: bytes, payload: bytes) -> bytes:
 # Tags (field number << 3 | wire type) of the fields written here.
 _OVERALL_CODE = b"\x08"  # RateLimitResponse.overall_code = 1, varint
 _STATUSES = b"\x12"  # RateLimitResponse.statuses = 2, message
+_DYNAMIC_METADATA = b"\x32"  # RateLimitResponse.dynamic_metadata = 6, google.protobuf.Struct
 _CODE = b"\x08"  # DescriptorStatus.code = 1
 _CURRENT_LIMIT = b"\x12"  # DescriptorStatus.current_limit = 2
 _REMAINING = b"\x18"  # DescriptorStatus.limit_remaining = 3
@@ -90,6 +102,8 @@ class ResponseEncoder:
             encoded = self._status(status)
             size = len(encoded)
             out += _STATUSES + (_SMALL[size] if size < 0x80 else varint(size)) + encoded
+        if decision.dynamic_metadata is not None:  # (rare: asked for by a setting)
+            out += length_delimited(_DYNAMIC_METADATA, struct_bytes(decision.dynamic_metadata))
         return out
 
     def _status(self, status: Status) -> bytes:

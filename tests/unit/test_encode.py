@@ -29,10 +29,18 @@ statuses = st.builds(
         st.integers(0, 10**6).map(float),
     ),
 )
+plain = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
 decisions = st.builds(
     Decision,
     overall=st.sampled_from(list(Code)),
     statuses=st.lists(statuses, max_size=8).map(tuple),
+    dynamic_metadata=st.none() | st.dictionaries(st.text(max_size=8), plain, max_size=4),
 )
 
 
