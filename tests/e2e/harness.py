@@ -133,14 +133,18 @@ def render_envoy_config(
     upstream_port: int,
     failure_mode_deny: bool,
     template: Mapping[str, Any] | None = None,
+    other_upstreams: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The deploy template with loopback addresses, free ports and one failure mode."""
+    """The deploy template with loopback addresses, free ports and one failure mode (and the
+    ports of clusters other than ratelimitd and upstream, by name)."""
     config = copy.deepcopy(dict(template) if template is not None else load_template())
     config["admin"]["address"]["socket_address"] = {"address": LOOPBACK, "port_value": admin_port}
     (listener,) = config["static_resources"]["listeners"]
     listener["address"]["socket_address"] = {"address": LOOPBACK, "port_value": listen_port}
     _set_endpoint(config, "ratelimitd", LOOPBACK, ratelimitd_port)
     _set_endpoint(config, "upstream", LOOPBACK, upstream_port)
+    for cluster, port in (other_upstreams or {}).items():
+        _set_endpoint(config, cluster, LOOPBACK, port)
     ratelimit_filter(config)["failure_mode_deny"] = failure_mode_deny
     return config
 
@@ -156,6 +160,7 @@ class EnvoyProcess:
         upstream_port: int,
         failure_mode_deny: bool,
         template: Mapping[str, Any] | None = None,
+        other_upstreams: Mapping[str, int] | None = None,
     ):
         self.port = free_port()
         self.admin_port = free_port()
@@ -167,6 +172,7 @@ class EnvoyProcess:
             upstream_port=upstream_port,
             failure_mode_deny=failure_mode_deny,
             template=template,
+            other_upstreams=other_upstreams,
         )
         self.dir = Path(tempfile.mkdtemp(prefix="ratelimitd-envoy-"))
         self.config_path = self.dir / "envoy.yaml"
