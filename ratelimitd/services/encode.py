@@ -10,7 +10,6 @@ defaults left out); tests/unit/test_encode.py checks that on random decisions.
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
 from google.protobuf import struct_pb2

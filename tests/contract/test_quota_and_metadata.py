@@ -66,7 +66,9 @@ async def test_a_rate_limit_descriptor_over_its_limit_still_denies(limiter: Limi
 async def test_global_quota_mode_makes_every_rule_a_quota(
     backend: Backend, key_prefix: str
 ) -> None:
-    limiter = Limiter(config(RULES), backend, LimiterOptions(key_prefix=key_prefix, quota_mode=True))
+    limiter = Limiter(
+        config(RULES), backend, LimiterOptions(key_prefix=key_prefix, quota_mode=True)
+    )
     both = request("llm", [("strict", "g")], [("user", "g")])
     assert (await limiter.should_rate_limit(both)).overall is OK
     second = await limiter.should_rate_limit(both)
