@@ -56,7 +56,8 @@ def struct_bytes(fields: dict[str, Any]) -> bytes:
     """A `google.protobuf.Struct` of plain values (what YAML gives), encoded by protobuf."""
     message = struct_pb2.Struct()
     message.update(fields)
-    return message.SerializeToString()
+    encoded: bytes = message.SerializeToString()
+    return encoded
 
 
 def length_delimited(tag: bytes, payload: bytes) -> bytes:
