@@ -17,7 +17,10 @@ def step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
     period = limit.period
     window = now - now % period
     capacity = limit.requests_per_unit
-    count = _carried(state, window, period, capacity)
+    if state is not None and state[0] == window:  # the usual case: this window's count
+        count = int(state[1])
+    else:
+        count = _carried(state, window, period, capacity)
     if limit.charge is Charge.ALWAYS and cost > 0:
         allowed = count < capacity  # room for one unit: then all of it, past the limit if need be
         count += cost
@@ -26,12 +29,17 @@ def step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
         if allowed:
             count += cost
     window_end = window + period
+    if count <= capacity:  # no debt: the window's end frees it, and ends the key
+        return Outcome(
+            (window, count), LimitResult(allowed, capacity - count, window_end - now), window_end
+        )
     # window ends until one unit fits again, and until nothing is owed (when the key can go)
-    admits_in = max(1, math.ceil((count + 1 - capacity) / capacity)) if capacity else 1
-    paid_in = max(1, math.ceil(count / capacity)) if capacity else 1
+    per_window = capacity or 1  # (a debt needs a limit of 1 at least: the config says so)
+    admits_in = max(1, math.ceil((count + 1 - capacity) / per_window))
+    paid_in = math.ceil(count / per_window)
     return Outcome(
         (window, count),
-        LimitResult(allowed, max(capacity - count, 0), window_end + (admits_in - 1) * period - now),
+        LimitResult(allowed, 0, window_end + (admits_in - 1) * period - now),
         window + paid_in * period,
     )
 

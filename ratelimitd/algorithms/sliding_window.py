@@ -27,7 +27,10 @@ def step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
     period = limit.period
     window = now - now % period
     capacity = limit.requests_per_unit
-    current, previous = _carried(state, window, period, capacity)
+    if state is not None and state[0] == window:  # the usual case: this window's counts
+        current, previous = state[1], state[2]
+    else:
+        current, previous = _carried(state, window, period, capacity)
     elapsed = (now - window) / period
     estimate = previous * (1 - elapsed) + current
     charge_anyway = limit.charge is Charge.ALWAYS and cost > 0
@@ -48,7 +51,7 @@ def step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
     return Outcome(
         (window, current, previous),
         LimitResult(allowed, remaining, reset_after),
-        window + (_periods_to_pay(current, capacity) + 1) * period,
+        window + (2 if current <= capacity else _periods_to_pay(current, capacity) + 1) * period,
     )
 
 
