@@ -6,6 +6,7 @@ T = 1_700_000_160 a 15-minute window has 840 s left and a minute window 60 s.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Callable
 from typing import Any
@@ -220,3 +221,64 @@ async def test_endpoint_classes_have_separate_budgets_per_client(
     assert other_client.status_code == 200
     assert other_client.headers["RateLimit-Limit"] == "5"
     assert other_client.headers["RateLimit-Remaining"] == "4"
+
+
+# 4. LLM token budgets ----------------------------------------------------------------------
+
+
+def gated_model(streams: int) -> tuple[Callable[..., Any], asyncio.Event]:
+    """The example's fake model, holding every answer until `streams` of them have started:
+    they are all in flight, past their probe, before any is charged."""
+    started: list[None] = []
+    everyone = asyncio.Event()
+
+    async def model(prompt: str, max_tokens: int) -> Any:
+        started.append(None)
+        if len(started) >= streams:
+            everyone.set()
+        await everyone.wait()
+        for index in range(max_tokens):
+            yield f"token{index} "
+
+    return model, everyone
+
+
+def complete(browser: httpx.AsyncClient, tokens: int, key: str = "demo-key-1") -> Any:
+    return browser.post(
+        "/v1/completions",
+        json={"prompt": "hi", "max_tokens": tokens},
+        headers={"X-API-Key": key},
+    )
+
+
+async def test_llm_answers_are_charged_in_full_when_they_end_and_the_debt_is_waited_out(
+    start_server: StartServer, async_client: MakeAsync
+) -> None:
+    """The README's sentence: answered while any budget is left; every answer charged in
+    full when it ends; then refused until the windows have paid the debt off."""
+    model, _ = gated_model(3)
+    app, clock, client = await example("llm_budget", start_server, async_client, model=model)
+    digest = hashlib.sha256(b"demo-key-1").hexdigest()[:32]
+    async with http(app) as browser:
+        answers = await asyncio.gather(*(complete(browser, 4000) for _ in range(3)))
+        assert [answer.status_code for answer in answers] == [200] * 3
+        assert all(answer.text.count("token") == 4000 for answer in answers)
+        states = {s.name: s for s in await client.peek("llm_budget", [[("api_key", digest)]])}
+        assert states["tokens_per_minute"].remaining == 0  # 12,000 charged: 2,000 owed
+        assert states["tokens_per_day"].remaining == 200_000 - 12_000
+
+        refused = await complete(browser, 10)
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "60"  # the minute's end pays the debt off
+        assert refused.headers["RateLimit-Remaining"] == "0"
+        assert refused.json() == {"error": "rate_limited", "retry_after": 60}
+
+        clock.advance(60)  # the next minute starts with the 2,000 owed
+        again = await complete(browser, 10)
+        assert again.status_code == 200
+        assert again.headers["RateLimit-Remaining"] == "8000"
+        assert again.headers["RateLimit-Limit"] == "10000"
+
+        other_key = await complete(browser, 10, key="demo-key-2")
+        unknown = await complete(browser, 10, key="guess")
+    assert other_key.status_code == 200 and unknown.status_code == 401
