@@ -43,6 +43,8 @@ descriptors:
       - {name: per_day, unit: day, requests_per_unit: 1000}
   - key: sliding
     rate_limit: {unit: minute, requests_per_unit: 3, algorithm: sliding_window}
+  - key: tokens
+    rate_limit: {name: tokens, unit: minute, requests_per_unit: 1000, charge: always}
 """
 
 
@@ -213,6 +215,7 @@ async def test_get_config(app: App) -> None:
     assert reply.content_hash == app.config.content_hash and len(reply.content_hash) == 64
     assert list(reply.sources) == ["test.yaml"]
     assert "app.route_login.ip: 5 per 15 minutes (fixed_window) name=login\n" in reply.rules
+    assert "app.tokens: 1000 per minute (fixed_window, charge always) name=tokens\n" in reply.rules
     assert reply.loaded_at.seconds > 1_700_000_000
 
 
