@@ -98,9 +98,9 @@ async def test_no_match_and_unknown_domain_answer_ok_without_limit(
 
 
 async def test_hits_addend_request_and_descriptor_level(
-    start_server: StartServer, channel_to
+    start_server: StartServer, channel_to, clock: FakeClock
 ) -> None:
-    stub = channel_to(await start_server(RULES))
+    stub = channel_to(await start_server(RULES, clock=clock))  # (a per-second limit)
     response = await stub.ShouldRateLimit(rl_request([("remote_address", "h")], hits=4))
     assert response.statuses[0].limit_remaining == 1
     probe = ratelimit_pb2.RateLimitDescriptor(
@@ -144,8 +144,9 @@ async def test_shadow_mode_unlimited_and_replaces(start_server: StartServer, cha
     assert (await stub.ShouldRateLimit(rl_request([("route", "admin")]))).overall_code == OK
 
 
-async def test_global_shadow_mode(start_server: StartServer, channel_to) -> None:
-    stub = channel_to(await start_server(RULES, shadow_mode=True))
+async def test_global_shadow_mode(start_server: StartServer, channel_to, clock: FakeClock) -> None:
+    # a fake clock: 7 calls to a per-second limit must not straddle a second
+    stub = channel_to(await start_server(RULES, shadow_mode=True, clock=clock))
     req = rl_request([("remote_address", "g")])
     responses = [await stub.ShouldRateLimit(req) for _ in range(7)]
     assert all(r.overall_code == OK for r in responses)
