@@ -65,6 +65,17 @@ _ALGORITHM_CODES = {
 }
 
 
+class Window(enum.Enum):
+    """Where a fixed window starts: on the epoch's grid (`aligned`, upstream's way), or at
+    the first admitted hit of a key (`first_hit`, what `INCR` then `EXPIRE` on the first
+    attempt does: "5 tries, then wait until 15 minutes after the first")."""
+
+    __hash__ = object.__hash__  # as Unit's
+
+    ALIGNED = "aligned"
+    FIRST_HIT = "first_hit"
+
+
 class Charge(enum.Enum):
     """What a hit is charged when its cost does not fit what is left (docs/algorithms.md).
 
@@ -100,6 +111,7 @@ class Limit:
     burst: int | None = None
     name: str = ""
     charge: Charge = Charge.IF_FITS
+    window: Window = Window.ALIGNED  # fixed windows only
     # Worked out once (every decision reads them): the window length, or full refill time, in
     # seconds; and what tells apart the counters of several limits on one descriptor (it leaves
     # out `requests_per_unit`, so raising or lowering a limit keeps the count).
@@ -109,7 +121,9 @@ class Limit:
     def __post_init__(self) -> None:
         period = self.unit.seconds * self.unit_multiplier
         object.__setattr__(self, "period", period)
-        object.__setattr__(self, "counter_id", f"{_ALGORITHM_CODES[self.algorithm]}{period}")
+        first_hit = self.window is Window.FIRST_HIT and self.algorithm is Algorithm.FIXED_WINDOW
+        code = "fh" if first_hit else _ALGORITHM_CODES[self.algorithm]
+        object.__setattr__(self, "counter_id", f"{code}{period}")
 
     @property
     def capacity(self) -> int:

@@ -1,4 +1,5 @@
-"""Fixed window: at most `requests_per_unit` per window aligned to the epoch.
+"""Fixed window: at most `requests_per_unit` per window aligned to the epoch or, with
+`window: first_hit`, per window that starts at a key's first admitted hit.
 
 Under `charge: always` the count may pass the limit (a debt): each window end then pays off
 one window's worth (`requests_per_unit`), so a debt of D delays the next admission by about
@@ -10,10 +11,12 @@ from __future__ import annotations
 import math
 
 from ratelimitd.algorithms.base import Outcome, State
-from ratelimitd.model import Charge, Limit, LimitResult
+from ratelimitd.model import Charge, Limit, LimitResult, Window
 
 
 def step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
+    if limit.window is Window.FIRST_HIT:
+        return first_hit_step(state, now, limit, cost)
     period = limit.period
     window = now - now % period
     capacity = limit.requests_per_unit
@@ -21,13 +24,42 @@ def step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
         count = int(state[1])
     else:
         count = _carried(state, window, period, capacity)
+    allowed, count = _charge(limit, count, cost)
+    return _outcome(window, count, allowed, now, limit)
+
+
+def first_hit_step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
+    """The window is the period from a key's first admitted hit; state (start, count). A
+    debt past a window's end chains the next window on at that end, with the rest of it."""
+    period, capacity = limit.period, limit.requests_per_unit
+    start: float | None = None
+    count = 0
+    if state is not None:
+        start, count = state[0], int(state[1])
+        if now >= start + period:  # ended: what is left of a debt opens the next window
+            ends = math.floor((now - start) / period)
+            count = max(count - ends * capacity, 0)
+            start = start + ends * period if count else None
+    allowed, count = _charge(limit, count, cost)
+    if start is None:
+        if not (count and cost):  # nothing charged: no window (a probe, or a cost never fitting)
+            return Outcome((now, 0), LimitResult(allowed, capacity - count, 0.0), now)
+        start = now  # the first admitted hit opens the window
+    return _outcome(start, count, allowed, now, limit)
+
+
+def _charge(limit: Limit, count: int, cost: int) -> tuple[bool, int]:
+    """Whether the hit is admitted, and the count it leaves (if committed)."""
+    capacity = limit.requests_per_unit
     if limit.charge is Charge.ALWAYS and cost > 0:
-        allowed = count < capacity  # room for one unit: then all of it, past the limit if need be
-        count += cost
-    else:
-        allowed = count < capacity if cost == 0 else count + cost <= capacity
-        if allowed:
-            count += cost
+        # room for one unit: then all of it, past the limit if need be
+        return count < capacity, count + cost
+    allowed = count < capacity if cost == 0 else count + cost <= capacity
+    return allowed, count + cost if allowed else count
+
+
+def _outcome(window: float, count: int, allowed: bool, now: float, limit: Limit) -> Outcome:
+    period, capacity = limit.period, limit.requests_per_unit
     window_end = window + period
     if count <= capacity:  # no debt: the window's end frees it, and ends the key
         return Outcome(

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ratelimitd.config.schema import DescriptorNode, DomainDocument
-from ratelimitd.model import Charge, Entry, Rule
+from ratelimitd.model import Charge, Entry, Rule, Window
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +157,8 @@ def describe_rule(rule: Rule) -> str:
             part = f"{limit.requests_per_unit} per {every} ({limit.algorithm.value}"
             if limit.burst is not None:
                 part += f", burst {limit.burst}"
+            if limit.window is Window.FIRST_HIT:
+                part += ", from the first hit"
             if limit.charge is Charge.ALWAYS:
                 part += ", charge always"
             part += ")"

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ratelimitd.model import Algorithm, Charge, Limit, Rule, Unit
+from ratelimitd.model import Algorithm, Charge, Limit, Rule, Unit, Window
 
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
@@ -46,11 +46,13 @@ LIMIT_KEYS = frozenset(
         "algorithm",
         "burst",
         "charge",
+        "window",
     }
 )
 UNIT_NAMES = ", ".join(unit.name.lower() for unit in Unit)
 ALGORITHM_NAMES = ", ".join(algorithm.value for algorithm in Algorithm)
 CHARGE_NAMES = ", ".join(charge.value for charge in Charge)
+WINDOW_NAMES = ", ".join(window.value for window in Window)
 MAX_REQUESTS_PER_UNIT = 2**32 - 1
 # Deeper than any real descriptor (Envoy sends a handful of entries; requests allow 32).
 MAX_DEPTH = 32
@@ -386,7 +388,7 @@ def _limit(
     elif not unlimited:
         errors.add(node, where, f"rate limit unit is required (one of {UNIT_NAMES})")
     if unlimited:
-        for extra in ("algorithm", "burst", "unit_multiplier", "charge"):
+        for extra in ("algorithm", "burst", "unit_multiplier", "charge", "window"):
             if extra in fields:
                 errors.add(
                     fields[extra][0],
@@ -428,9 +430,34 @@ def _limit(
             "a token_bucket needs requests_per_unit of at least 1 (its refill rate)",
         )
     charge = _charge(fields, where, requests, errors)
+    window = _window(fields, where, algorithm, errors)
     if len(errors.items) > before or unit is None or requests is None:
         return None
-    return Limit(requests, unit, multiplier, algorithm, burst, name, charge), False, replaces
+    limit = Limit(requests, unit, multiplier, algorithm, burst, name, charge, window)
+    return limit, False, replaces
+
+
+def _window(
+    fields: dict[str, tuple[yaml.Node, yaml.Node]],
+    where: str,
+    algorithm: Algorithm,
+    errors: ErrorList,
+) -> Window:
+    """`window: aligned | first_hit` (where a fixed window starts)."""
+    if "window" not in fields:
+        return Window.ALIGNED
+    key, value = fields["window"]
+    text = _scalar_text(value) or ""
+    try:
+        window = Window(text.strip().lower())
+    except ValueError:
+        errors.add(
+            value, f"{where}.window", f"invalid window '{text}' (expected one of {WINDOW_NAMES})"
+        )
+        return Window.ALIGNED
+    if algorithm is not Algorithm.FIXED_WINDOW:
+        errors.add(key, f"{where}.window", "window is only for algorithm fixed_window")
+    return window
 
 
 def _charge(

@@ -1,7 +1,8 @@
-"""The three examples (examples/*/app.py with their ratelimitd.yaml) against a real ratelimitd.
+"""The examples (examples/*/app.py with their ratelimitd.yaml) against a real ratelimitd.
 
 The server's clock is a fake one set to a known time, so windows and refills are exact: at
-T = 1_700_000_160 a 15-minute window has 840 s left and a minute window 60 s.
+T = 1_700_000_160 an epoch-aligned 15-minute window has 840 s left and a minute window 60 s
+(the login example's windows open at the first attempt instead).
 """
 
 from __future__ import annotations
@@ -44,31 +45,38 @@ RIGHT, WRONG = "correct horse battery staple", "hunter2"
 # 1. Login ----------------------------------------------------------------------------------
 
 
-async def test_login_the_sixth_attempt_after_five_failures_is_a_429_with_the_window_left(
-    start_server: StartServer, async_client: MakeAsync
+@pytest.mark.parametrize("offset", [0, 1, 300, 899])
+async def test_login_after_five_failures_refused_until_15_minutes_after_the_first(
+    start_server: StartServer, async_client: MakeAsync, offset: int
 ) -> None:
+    """The README's sentence: the 6th attempt, at any offset inside the window, is refused
+    until exactly 15 minutes after the first attempt."""
     app, clock, _ = await example("login", start_server, async_client)
     async with http(app, peer=("198.51.100.7", 5000)) as attacker:
-        failures = [await login(attacker, WRONG) for _ in range(5)]
+        failures = [await login(attacker, WRONG)]
+        clock.advance(offset / 2)
+        failures += [await login(attacker, WRONG) for _ in range(4)]
+        clock.advance(offset - offset / 2)
         sixth = await login(attacker, RIGHT)  # even the right password: the IP is locked out
     assert [r.status_code for r in failures] == [401] * 5
     assert [r.headers["RateLimit-Remaining"] for r in failures] == ["4", "3", "2", "1", "0"]
     assert all(r.headers["RateLimit-Limit"] == "5" for r in failures)
-    assert failures[0].headers["RateLimit-Reset"] == "840"
+    assert failures[0].headers["RateLimit-Reset"] == "900"  # from the first attempt
+    left = str(900 - offset)
     assert sixth.status_code == 429
-    assert sixth.headers["Retry-After"] == "840"
-    assert sixth.headers["RateLimit-Reset"] == "840"
+    assert sixth.headers["Retry-After"] == left
+    assert sixth.headers["RateLimit-Reset"] == left
     assert sixth.headers["RateLimit-Remaining"] == "0"
-    assert sixth.json() == {"error": "rate_limited", "retry_after": 840}
+    assert sixth.json() == {"error": "rate_limited", "retry_after": 900 - offset}
 
     async with http(app, peer=("198.51.100.8", 5000)) as someone_else:
         assert (await login(someone_else, RIGHT)).status_code == 200
 
-    clock.advance(839)
+    clock.advance(900 - offset - 1)  # one second before 15 minutes after the first
     async with http(app, peer=("198.51.100.7", 5000)) as attacker:
         still = await login(attacker, RIGHT)
         assert still.status_code == 429 and still.headers["Retry-After"] == "1"
-        clock.advance(1)
+        clock.advance(1)  # exactly 15 minutes after the first attempt
         assert (await login(attacker, RIGHT)).status_code == 200
 
 
@@ -221,6 +229,27 @@ async def test_endpoint_classes_have_separate_budgets_per_client(
     assert other_client.status_code == 200
     assert other_client.headers["RateLimit-Limit"] == "5"
     assert other_client.headers["RateLimit-Remaining"] == "4"
+
+
+async def test_endpoint_classes_a_minute_from_the_first_call_of_the_class(
+    start_server: StartServer, async_client: MakeAsync
+) -> None:
+    """The README's sentence: a class's calls count in a minute that starts at the client's
+    first call of that class; refused until that minute is over."""
+    app, clock, _ = await example("endpoint_classes", start_server, async_client)
+    clock.advance(20)  # not on a minute boundary
+    async with http(app, peer=("198.51.100.32", 5000)) as client:
+        runs = [(await client.post("/jobs/build/run")).status_code for _ in range(5)]
+        clock.advance(30)
+        sixth = await client.post("/jobs/build/run")
+        clock.advance(29)
+        still = await client.post("/jobs/build/run")
+        clock.advance(1)  # a minute after the first run
+        again = await client.post("/jobs/build/run")
+    assert runs == [200] * 5
+    assert sixth.status_code == 429 and sixth.headers["Retry-After"] == "30"
+    assert still.status_code == 429 and still.headers["Retry-After"] == "1"
+    assert again.status_code == 200 and again.headers["RateLimit-Remaining"] == "4"
 
 
 # 4. LLM token budgets ----------------------------------------------------------------------

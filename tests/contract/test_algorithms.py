@@ -37,6 +37,10 @@ descriptors:
     rate_limits:
       - {name: per_second, unit: second, requests_per_unit: 10, algorithm: token_bucket, burst: 20}
       - {name: per_day, unit: day, requests_per_unit: 10000}
+  - key: first_hit
+    rate_limit: {unit: minute, requests_per_unit: 3, window: first_hit}
+  - key: first_hit_debt
+    rate_limit: {unit: minute, requests_per_unit: 10, window: first_hit, charge: always}
   - key: fixed_debt
     rate_limit: {unit: minute, requests_per_unit: 10, charge: always}
   - key: sliding_debt
@@ -80,6 +84,25 @@ BUCKET: list[Row] = [
     (3.0, 15, OK, 5, 1.5),
 ]
 
+
+# `window: first_hit`: the window opens at the first admitted hit and lasts the period.
+FIRST_HIT: list[Row] = [
+    (5, 0, OK, 3, 0),  # a probe opens no window: nothing is held
+    (5, 4, OVER, 3, 0),  # nor does a cost that never fits
+    (10, 1, OK, 2, 60),  # the window: 10 s to 70 s
+    (20, 2, OK, 0, 50),
+    (30, 1, OVER, 0, 40),
+    (69, 0, OVER, 0, 1),
+    (70, 1, OK, 2, 60),  # the next window opens at this hit: 70 s to 130 s
+    (129.5, 2, OK, 0, 0.5),
+    (200, 0, OK, 3, 0),  # long after: no window
+]
+
+FIRST_HIT_DEBT: list[Row] = [
+    (10, 25, OK, 0, 120),  # 25: 15 owed at 70 s, 5 at 130 s: the next hit fits then
+    (80, 0, OVER, 0, 50),  # the debt chained the window on at 70 s
+    (130, 1, OK, 4, 60),  # 5 carried into the window from 130 s, plus 1
+]
 
 # `charge: always`: admitted while one unit is left, charged in full whatever the answer (a
 # debt), paid off as docs/algorithms.md says. Limit 10 a minute (10 tokens a second, burst 20).
@@ -127,6 +150,8 @@ def hit(key: str, cost: int, value: str = "v") -> Request:
         ("fixed", FIXED),
         ("sliding", SLIDING),
         ("bucket", BUCKET),
+        ("first_hit", FIRST_HIT),
+        ("first_hit_debt", FIRST_HIT_DEBT),
         ("fixed_debt", FIXED_DEBT),
         ("sliding_debt", SLIDING_DEBT),
         ("bucket_debt", BUCKET_DEBT),

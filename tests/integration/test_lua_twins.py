@@ -13,7 +13,7 @@ from ratelimitd.backends.memory import MemoryBackend
 from ratelimitd.backends.redis.backend import RedisBackend
 from ratelimitd.backends.redis.client import RedisOptions
 from ratelimitd.clock import FakeClock
-from ratelimitd.model import Algorithm, Charge, Limit, Unit
+from ratelimitd.model import Algorithm, Charge, Limit, Unit, Window
 from tests.servers.redis import RedisServer
 
 T0 = 1_700_000_100.0
@@ -27,6 +27,7 @@ limits = st.builds(
     algorithm=st.sampled_from(list(Algorithm)),
     burst=st.none() | st.integers(1, 40),
     charge=st.sampled_from(list(Charge)),
+    window=st.sampled_from(list(Window)),
 )
 traffic = st.lists(
     st.tuples(
@@ -85,6 +86,7 @@ debt_limits = st.builds(
     algorithm=st.sampled_from(list(Algorithm)),
     burst=st.none() | st.integers(1, 20),
     charge=st.just(Charge.ALWAYS),
+    window=st.sampled_from(list(Window)),
 )
 
 

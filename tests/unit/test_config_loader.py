@@ -25,7 +25,8 @@ DESCRIPTOR_KEYS = (
     "shadow_mode, share_threshold, value, value_to_metric"
 )
 LIMIT_KEYS = (
-    "algorithm, burst, charge, name, replaces, requests_per_unit, unit, unit_multiplier, unlimited"
+    "algorithm, burst, charge, name, replaces, requests_per_unit, unit, unit_multiplier, "
+    "unlimited, window"
 )
 
 
@@ -920,3 +921,44 @@ def test_trailing_document_separator_is_ignored(tmp_path: Path) -> None:
 def test_only_a_document_separator_is_an_empty_file(tmp_path: Path) -> None:
     f = write(tmp_path, "---\n")
     assert errors_of(f) == [f"{f}: config file cannot have empty domain"]
+
+
+@pytest.mark.parametrize("algorithm", ["sliding_window", "token_bucket"])
+def test_window_first_hit_needs_a_fixed_window(tmp_path: Path, algorithm: str) -> None:
+    f = write(
+        tmp_path,
+        "domain: d\ndescriptors:\n  - key: k\n"
+        "    rate_limit: {unit: second, requests_per_unit: 1, window: first_hit, "
+        f"algorithm: {algorithm}}}\n",
+    )
+    assert errors_of(f) == [
+        f"{f}: line 4, descriptors[0].rate_limit.window: window is only for algorithm fixed_window"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ("window: sliding", "invalid window 'sliding' (expected one of aligned, first_hit)"),
+        ("charge: sometimes", "invalid charge 'sometimes' (expected one of if_fits, always)"),
+    ],
+)
+def test_window_and_charge_values_are_checked(tmp_path: Path, field: str, message: str) -> None:
+    f = write(
+        tmp_path,
+        f"domain: d\ndescriptors:\n  - key: k\n    rate_limit: {{unit: second, requests_per_unit: 1, {field}}}\n",
+    )
+    name = field.split(":")[0]
+    assert errors_of(f) == [f"{f}: line 4, descriptors[0].rate_limit.{name}: {message}"]
+
+
+def test_charge_always_needs_a_limit_that_pays_the_debt_off(tmp_path: Path) -> None:
+    f = write(
+        tmp_path,
+        "domain: d\ndescriptors:\n  - key: k\n"
+        "    rate_limit: {unit: second, requests_per_unit: 0, charge: always}\n",
+    )
+    assert errors_of(f) == [
+        f"{f}: line 4, descriptors[0].rate_limit.charge: charge: always needs requests_per_unit "
+        "of at least 1 (what pays a debt off)"
+    ]

@@ -35,7 +35,7 @@ from ratelimitd.backends.redis.client import (
 from ratelimitd.backends.redis.resp import RespConnection, endpoint_from_url, pack
 from ratelimitd.clock import Clock
 from ratelimitd.errors import BackendError
-from ratelimitd.model import Charge, LimitResult
+from ratelimitd.model import Algorithm, Charge, Limit, LimitResult, Window
 
 SCRIPT_PARTS = ("prelude", "fixed_window", "sliding_window", "token_bucket", "hit")
 
@@ -49,6 +49,13 @@ def load_hit_script() -> str:
 HIT_SCRIPT = load_hit_script()
 
 
+def script_step(limit: Limit) -> str:
+    """The Lua function of hit.lua that counts `limit`."""
+    if limit.window is Window.FIRST_HIT and limit.algorithm is Algorithm.FIXED_WINDOW:
+        return "fixed_window_first_hit"
+    return limit.algorithm.value
+
+
 def script_args(requests: Sequence[CounterRequest], now: str) -> list[Any]:
     """The hit script's ARGV for the descriptors of one call (see lua/hit.lua)."""
     args: list[Any] = [now, len(requests)]
@@ -56,7 +63,7 @@ def script_args(requests: Sequence[CounterRequest], now: str) -> list[Any]:
         args += [request.cost, len(request.limits)]
         for limit in request.limits:
             args += [
-                limit.algorithm.value,
+                script_step(limit),
                 limit.requests_per_unit,
                 limit.period,
                 limit.capacity,

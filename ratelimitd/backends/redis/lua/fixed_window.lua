@@ -40,3 +40,52 @@ local function fixed_window(key, now, limit, period, burst, cost, always)
   end
   return allowed, math.max(limit - count, 0), window_end + (admits_in - 1) * period - now, commit
 end
+
+-- Fixed window from a key's first admitted hit (`window: first_hit`): the twin of
+-- first_hit_step in ratelimitd/algorithms/fixed_window.py. State: hash {w = start, c = count}.
+local function fixed_window_first_hit(key, now, limit, period, burst, cost, always)
+  local stored = redis.call('HMGET', key, 'w', 'c')
+  local start = nil
+  local count = 0
+  local live = false
+  if stored[1] then
+    start, count = tonumber(stored[1]), tonumber(stored[2])
+    live = true
+    if now >= start + period then  -- ended: what is left of a debt opens the next window
+      local ends = math.floor((now - start) / period)
+      count = math.max(count - ends * limit, 0)
+      live = false
+      if count > 0 then start = start + ends * period else start = nil end
+    end
+  end
+  local allowed
+  if always and cost > 0 then
+    allowed = count < limit
+    count = count + cost
+  else
+    if cost == 0 then allowed = count < limit else allowed = count + cost <= limit end
+    if allowed then count = count + cost end
+  end
+  if start == nil then
+    if count == 0 or cost == 0 then
+      return allowed, limit - count, 0, function() end
+    end
+    start = now
+  end
+  local window_end = start + period
+  local admits_in, paid_in = 1, 1
+  if count > limit and limit > 0 then
+    admits_in = math.max(1, math.ceil((count + 1 - limit) / limit))
+    paid_in = math.ceil(count / limit)
+  end
+  local function commit()
+    if live and paid_in == 1 then
+      -- the key holds this window and expires at its end: one command, not two
+      redis.call('HINCRBY', key, 'c', cost)
+    else
+      redis.call('HSET', key, 'w', fmt(start), 'c', count)
+      redis.call('PEXPIRE', key, math.max(math.ceil((start + paid_in * period - now) * 1000), 1))
+    end
+  end
+  return allowed, math.max(limit - count, 0), window_end + (admits_in - 1) * period - now, commit
+end

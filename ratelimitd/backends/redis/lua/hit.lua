@@ -16,6 +16,7 @@ end
 
 local steps = {
   fixed_window = fixed_window,
+  fixed_window_first_hit = fixed_window_first_hit,
   sliding_window = sliding_window,
   token_bucket = token_bucket,
 }
