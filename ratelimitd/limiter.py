@@ -258,24 +258,33 @@ class Limiter:
         return plans
 
     def _on_backend_failure(self, plans: Sequence[_Planned], exc: BackendError) -> Decision:
-        """`RATELIMITD_BACKEND_FAILURE`: re-raise (error), or answer OK (allow) or deny."""
-        mode = self.options.backend_failure
+        """Each counted descriptor's rule says what to answer (`on_backend_failure`), else
+        `RATELIMITD_BACKEND_FAILURE`: re-raise (error, which wins over the others), answer OK
+        (allow) or deny."""
+        modes = [self._failure_mode(plan) for plan in plans]
         now = time.monotonic()
         if now - self._last_failure_log >= FAILURE_LOG_INTERVAL_S:  # one line a second, not a flood
             self._last_failure_log = now
-            log.warning("backend failure", kind=exc.kind, backend_failure=mode, error=str(exc))
-        if mode == "allow":
-            return Decision(Code.OK, tuple(Status(Code.OK) for _ in plans))
-        if mode == "deny":
-            # a retry is worth it once the limit's period is over, not at once
-            statuses = tuple(
-                Status(Code.OVER_LIMIT, plan.limits[0], 0, float(plan.limits[0].period))
-                if plan.counter
-                else Status(Code.OK)
-                for plan in plans
-            )
-            return Decision(Code.OVER_LIMIT, statuses)
-        raise exc
+            log.warning("backend failure", kind=exc.kind, backend_failure=modes, error=str(exc))
+        if "error" in modes:
+            raise exc
+        # a retry is worth it once the limit's period is over, not at once
+        statuses = tuple(
+            Status(Code.OVER_LIMIT, plan.limits[0], 0, float(plan.limits[0].period))
+            if mode == "deny"
+            else Status(Code.OK)
+            for plan, mode in zip(plans, modes, strict=True)
+        )
+        return Decision(Code.OVER_LIMIT if "deny" in modes else Code.OK, statuses)
+
+    def _failure_mode(self, plan: _Planned) -> str | None:
+        """What a descriptor answers while the backend fails; None when it was not counted."""
+        if plan.counter is None:
+            return None
+        rule = plan.rule
+        if rule is not None and rule.on_backend_failure is not None:
+            return rule.on_backend_failure
+        return self.options.backend_failure
 
     @staticmethod
     def _match(config: RateLimitConfig, domain: str, descriptor: Descriptor) -> Match | None:

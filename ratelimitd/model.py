@@ -65,6 +65,11 @@ _ALGORITHM_CODES = {
 }
 
 
+# What a decision answers when the backend (Redis) cannot: RATELIMITD_BACKEND_FAILURE for the
+# service, `on_backend_failure` for one rule.
+BACKEND_FAILURE_MODES = ("error", "allow", "deny")
+
+
 class Window(enum.Enum):
     """Where a fixed window starts: on the epoch's grid (`aligned`, upstream's way), or at
     the first admitted hit of a key (`first_hit`, what `INCR` then `EXPIRE` on the first
@@ -146,6 +151,7 @@ class Rule:
     quota_mode: bool = False
     replaces: frozenset[str] = frozenset()
     metadata: Any = None
+    on_backend_failure: str | None = None  # one of BACKEND_FAILURE_MODES; None: the service's
 
     @property
     def names(self) -> frozenset[str]:

@@ -11,11 +11,11 @@ from typing import Any
 
 from ratelimitd.errors import ConfigError
 from ratelimitd.loops import unknown_loop
+from ratelimitd.model import BACKEND_FAILURE_MODES
 
 ENV_PREFIX = "RATELIMITD_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-BACKEND_FAILURE_MODES = ("error", "allow", "deny")
 GRPC_SERVERS = ("native", "grpcio")
 
 

@@ -168,6 +168,8 @@ def describe_rule(rule: Rule) -> str:
         text = " and ".join(parts) if parts else "no limit"
     if rule.shadow_mode:
         text += " [shadow]"
+    if rule.on_backend_failure is not None:
+        text += f" [on backend failure: {rule.on_backend_failure}]"
     if rule.replaces:
         text += f" replaces={','.join(sorted(rule.replaces))}"
     return text

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ratelimitd.model import Algorithm, Charge, Limit, Rule, Unit, Window
+from ratelimitd.model import BACKEND_FAILURE_MODES, Algorithm, Charge, Limit, Rule, Unit, Window
 
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
@@ -33,6 +33,7 @@ DESCRIPTOR_KEYS = frozenset(
         "share_threshold",
         "quota_mode",
         "metadata",
+        "on_backend_failure",
     }
 )
 LIMIT_KEYS = frozenset(
@@ -267,6 +268,7 @@ def _descriptor(
     metadata: Any = None
     if "metadata" in fields:
         metadata = _constructor().construct_object(fields["metadata"][1], deep=True)
+    on_failure = _on_backend_failure(fields, where, errors)
 
     if "rate_limit" in fields and "rate_limits" in fields:
         errors.add(node, where, "give either rate_limit or rate_limits, not both")
@@ -315,8 +317,29 @@ def _descriptor(
             quota_mode=flags.get("quota_mode", False),
             replaces=frozenset(replaces),
             metadata=metadata,
+            on_backend_failure=on_failure,
         )
     return DescriptorNode(key, value, rule, share_threshold, children)
+
+
+def _on_backend_failure(
+    fields: dict[str, tuple[yaml.Node, yaml.Node]], where: str, errors: ErrorList
+) -> str | None:
+    """`on_backend_failure: error | allow | deny`: this rule's answer while the backend is
+    unreachable, over RATELIMITD_BACKEND_FAILURE."""
+    if "on_backend_failure" not in fields:
+        return None
+    value = fields["on_backend_failure"][1]
+    text = (_scalar_text(value) or "").strip().lower()
+    if text not in BACKEND_FAILURE_MODES:
+        shown = ", ".join(BACKEND_FAILURE_MODES)
+        errors.add(
+            value,
+            f"{where}.on_backend_failure",
+            f"invalid on_backend_failure '{text}' (expected one of {shown})",
+        )
+        return None
+    return text
 
 
 def _limit_list(node: yaml.Node, where: str, errors: ErrorList) -> tuple[list[Limit], set[str]]:

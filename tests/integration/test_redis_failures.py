@@ -155,3 +155,49 @@ async def test_script_flush_is_recovered_transparently(
     _, reply = await timed_call(stub)
     assert isinstance(reply, rls_pb2.RateLimitResponse)
     assert reply.statuses[0].limit_remaining == 998
+
+
+PER_RULE = """
+domain: edge
+descriptors:
+  - key: route
+    value: login
+    on_backend_failure: deny  # fail closed
+    rate_limit: {unit: minute, requests_per_unit: 5}
+  - key: route
+    value: read
+    on_backend_failure: allow  # fail open
+    rate_limit: {unit: minute, requests_per_unit: 100}
+  - key: route
+    value: other  # the service's RATELIMITD_BACKEND_FAILURE
+    rate_limit: {unit: minute, requests_per_unit: 100}
+"""
+
+
+@pytest.mark.parametrize("service_mode", ["error", "allow"])
+async def test_a_rule_fails_closed_or_open_whatever_the_service_does(
+    service_mode: str, start_server: StartServer, redis_server: RedisServer
+) -> None:
+    backend = RedisBackend(RedisOptions(url=redis_server.url, timeout_s=TIMEOUT_S))
+    app = await start_server(PER_RULE, backend=backend, backend_failure=service_mode)
+    stub = rls_pb2_grpc.RateLimitServiceStub(
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
+    )
+
+    async def ask(*routes: str) -> object:
+        request = rl_request(*[[("route", route)] for route in routes], domain="edge")
+        try:
+            reply: object = await stub.ShouldRateLimit(request, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            reply = exc
+        return reply
+
+    redis_server.kill()
+    login, read, other = await ask("login"), await ask("read"), await ask("other")
+    assert isinstance(login, rls_pb2.RateLimitResponse) and login.overall_code == OVER
+    assert isinstance(read, rls_pb2.RateLimitResponse) and read.overall_code == OK
+    check_mode(service_mode, other)
+    both = await ask("read", "login")  # one descriptor denies: the request is denied
+    assert isinstance(both, rls_pb2.RateLimitResponse) and both.overall_code == OVER
+    assert [status.code for status in both.statuses] == [OK, OVER]
+    redis_server.start()

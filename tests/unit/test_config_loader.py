@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ratelimitd.config import RateLimitConfig, load_config
+from ratelimitd.config.loader import config_from_texts
 from ratelimitd.errors import ConfigError
 from ratelimitd.model import Algorithm, Limit, Rule, Unit
 from tests.helpers import COMPAT
@@ -962,3 +963,25 @@ def test_charge_always_needs_a_limit_that_pays_the_debt_off(tmp_path: Path) -> N
         f"{f}: line 4, descriptors[0].rate_limit.charge: charge: always needs requests_per_unit "
         "of at least 1 (what pays a debt off)"
     ]
+
+
+def test_on_backend_failure_is_checked_and_described(tmp_path: Path) -> None:
+    bad = write(
+        tmp_path,
+        "domain: d\ndescriptors:\n  - key: k\n    on_backend_failure: local\n"
+        "    rate_limit: {unit: second, requests_per_unit: 1}\n",
+    )
+    assert errors_of(bad) == [
+        f"{bad}: line 4, descriptors[0].on_backend_failure: invalid on_backend_failure 'local' "
+        "(expected one of error, allow, deny)"
+    ]
+    good = config_from_texts(
+        [
+            (
+                "t.yaml",
+                "domain: d\ndescriptors:\n  - key: k\n    on_backend_failure: deny\n"
+                "    rate_limit: {unit: second, requests_per_unit: 1}\n",
+            )
+        ]
+    )
+    assert good.describe_rules() == ["d.k: 1 per second (fixed_window) [on backend failure: deny]"]
