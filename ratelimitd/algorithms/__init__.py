@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ratelimitd.algorithms import fixed_window, sliding_window, token_bucket
 from ratelimitd.algorithms.base import Outcome, State, Step
-from ratelimitd.model import Algorithm
+from ratelimitd.model import Algorithm, Limit
 
 STEPS: dict[Algorithm, Step] = {
     Algorithm.FIXED_WINDOW: fixed_window.step,
@@ -12,4 +14,14 @@ STEPS: dict[Algorithm, Step] = {
     Algorithm.TOKEN_BUCKET: token_bucket.step,
 }
 
-__all__ = ["STEPS", "Outcome", "State", "Step"]
+Refund = Callable[[State | None, float, Limit, int, float], State | None]
+"""`refund(state, now, limit, amount, charged_at)`: the state with `amount` given back to
+what was charged at `charged_at`, or None when nothing changes (reservations.py)."""
+
+REFUNDS: dict[Algorithm, Refund] = {
+    Algorithm.FIXED_WINDOW: fixed_window.refund,
+    Algorithm.SLIDING_WINDOW: sliding_window.refund,
+    Algorithm.TOKEN_BUCKET: token_bucket.refund,
+}
+
+__all__ = ["REFUNDS", "STEPS", "Outcome", "Refund", "State", "Step"]

@@ -84,3 +84,22 @@ def _carried(state: State | None, window: float, period: int, capacity: int) -> 
     if ends == 0:
         return int(state[1])
     return max(int(state[1]) - ends * capacity, 0) if ends > 0 else 0
+
+
+def refund(
+    state: State | None, now: float, limit: Limit, amount: int, charged_at: float
+) -> State | None:
+    """Gives `amount` back to the window that was charged at `charged_at`, if it is still the
+    current one (a refund never reaches a later window); None when there is nothing to do."""
+    if state is None:
+        return None
+    period = limit.period
+    if limit.window is Window.FIRST_HIT:
+        start = state[0]
+        if not start <= charged_at < start + period or now >= start + period:
+            return None
+        return (start, max(int(state[1]) - amount, 0))
+    window = now - now % period
+    if state[0] != window or charged_at - charged_at % period != window:
+        return None
+    return (window, max(int(state[1]) - amount, 0))

@@ -108,3 +108,21 @@ def _admits_after(
     moved = min(max(current - (ends - 1) * capacity, 0.0), capacity)
     fraction = 1 - (room - rest) / moved if moved > 0 else 0.0
     return window + ends * period + period * max(fraction, 0.0) - now
+
+
+def refund(
+    state: State | None, now: float, limit: Limit, amount: int, charged_at: float
+) -> State | None:
+    """Gives `amount` back to the count it was charged to, while that count is still the
+    current or the previous window's; None when there is nothing to do."""
+    if state is None:
+        return None
+    period = limit.period
+    window = now - now % period
+    charged = charged_at - charged_at % period
+    stored, current, previous = state[0], state[1], state[2]
+    if stored == charged and stored in (window, window - period):
+        return (stored, max(current - amount, 0.0), previous)
+    if stored == window and charged == window - period:
+        return (stored, current, max(previous - amount, 0.0))
+    return None

@@ -42,3 +42,15 @@ def step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
         LimitResult(allowed, max(math.floor(tokens), 0), reset_after),
         now + full_after,
     )
+
+
+def refund(
+    state: State | None, now: float, limit: Limit, amount: int, charged_at: float
+) -> State | None:
+    """Puts `amount` tokens back (never past the burst); None when the bucket is full anyway."""
+    if state is None:
+        return None
+    capacity = limit.capacity
+    rate = limit.requests_per_unit / limit.period
+    tokens = min(float(capacity), state[0] + max(now - state[1], 0.0) * rate)
+    return (min(float(capacity), tokens + amount), now)

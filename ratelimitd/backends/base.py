@@ -42,6 +42,20 @@ class Backend(Protocol):
         """Clears the counters of `requests`; returns how many existed."""
         ...
 
+    async def refund(self, requests: Sequence[CounterRequest], charged_at: float) -> None:
+        """Gives each request's `cost` back to its counters, to what was charged at
+        `charged_at` (a reservation settled below its estimate)."""
+        ...
+
+    async def kv_get(self, key: str) -> str | None:
+        """A value `kv_set` stored, while it lives."""
+        ...
+
+    async def kv_set(self, key: str, value: str, ttl_s: float, only_new: bool = False) -> bool:
+        """Stores `value` for `ttl_s` seconds; with `only_new`, only when the key holds
+        nothing (then whether it did)."""
+        ...
+
     async def ping(self) -> None:
         """Returns when the store answers now; raises `BackendError`, saying why, when not."""
         ...

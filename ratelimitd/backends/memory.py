@@ -16,12 +16,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ratelimitd.algorithms import STEPS
+from ratelimitd.algorithms import REFUNDS, STEPS
 from ratelimitd.backends.base import CounterRequest, CounterResult
 from ratelimitd.clock import Clock, SystemClock
 from ratelimitd.model import Charge
 
 Entry = tuple[float, ...]  # (expires_at, *state)
+
+
+MAX_VALUES = 100_000  # reservation records held at once (kv_set)
 
 
 class MemoryBackend:
@@ -34,6 +37,7 @@ class MemoryBackend:
         self._buckets: dict[int, list[str]] = {}  # whole second of expiry -> keys
         self._next_sweep = math.inf
         self._floats: dict[float, float] = {}
+        self._values: dict[str, tuple[float, str]] = {}  # key -> (expires at, value)
 
     def __len__(self) -> int:
         return len(self._counters)
@@ -100,6 +104,32 @@ class MemoryBackend:
                 if entry is not None and entry[0] > now:
                     cleared += 1
         return cleared
+
+    async def refund(self, requests: Sequence[CounterRequest], charged_at: float) -> None:
+        """Gives each request's `cost` back to its counters (`algorithms.REFUNDS`)."""
+        now = self._clock.now()
+        for request in requests:
+            for limit in request.limits:
+                key = request.key(limit)
+                entry = self._counters.get(key)
+                if entry is None or entry[0] <= now:
+                    continue
+                refunded = REFUNDS[limit.algorithm](entry[1:], now, limit, request.cost, charged_at)
+                if refunded is not None:
+                    self._counters[key] = (entry[0], *refunded)
+
+    async def kv_get(self, key: str) -> str | None:
+        entry = self._values.get(key)
+        return entry[1] if entry is not None and entry[0] > self._clock.now() else None
+
+    async def kv_set(self, key: str, value: str, ttl_s: float, only_new: bool = False) -> bool:
+        now = self._clock.now()
+        if only_new and await self.kv_get(key) is not None:
+            return False
+        if len(self._values) >= MAX_VALUES:  # bounded: the expired ones go first
+            self._values = {k: v for k, v in self._values.items() if v[0] > now}
+        self._values[key] = (now + ttl_s, value)
+        return True
 
     async def ping(self) -> None:
         """Always answers: the counters are in this process."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -47,6 +48,12 @@ def load_hit_script() -> str:
 
 
 HIT_SCRIPT = load_hit_script()
+REFUND_SCRIPT = "\n".join(
+    (importlib.resources.files("ratelimitd.backends.redis") / "lua" / f"{part}.lua").read_text(
+        encoding="utf-8"
+    )
+    for part in ("prelude", "refund")
+)
 
 
 def script_step(limit: Limit) -> str:
@@ -401,6 +408,40 @@ class RedisBackend:
             for key in keys:
                 pipe.delete(key)
             return sum(int(n) for n in await pipe.execute())
+
+    async def refund(self, requests: Sequence[CounterRequest], charged_at: float) -> None:
+        """Gives each request's `cost` back to its counters (lua/refund.lua), one script call
+        per descriptor (its keys share a slot)."""
+        now = repr(self._clock.now()) if self._clock is not None else ""
+        commands = []
+        for request in requests:
+            keys = [request.key(limit) for limit in request.limits]
+            args: list[Any] = [now, request.cost, repr(charged_at)]
+            for limit in request.limits:
+                args += [script_step(limit), limit.requests_per_unit, limit.period, limit.capacity]
+            commands.append(("EVAL", REFUND_SCRIPT, len(keys), *keys, *args))
+        if commands:
+            await self._execute(commands)
+
+    async def kv_get(self, key: str) -> str | None:
+        (value,) = await self._execute([("GET", key)])
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def kv_set(self, key: str, value: str, ttl_s: float, only_new: bool = False) -> bool:
+        command: tuple[Any, ...] = ("SET", key, value, "PX", max(math.ceil(ttl_s * 1000), 1))
+        (reply,) = await self._execute([(*command, "NX") if only_new else command])
+        return reply is not None and reply is not False
+
+    async def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Plain commands (each on its key's node, on a Cluster); errors as BackendError."""
+        with redis_failures_as_backend_errors():
+            if self.fast is not None:
+                replies = await self.fast.execute(commands)
+                for reply in replies:
+                    if isinstance(reply, Exception):
+                        raise reply
+                return replies
+            return [await self.client.execute_command(*command) for command in commands]
 
     async def ping(self) -> None:
         with redis_failures_as_backend_errors():

@@ -1,0 +1,54 @@
+-- Gives an amount back to the counters of one descriptor (a reservation settled below its
+-- estimate): the twins of refund() in ratelimitd/algorithms/*.py. A refund only reaches the
+-- window that was charged; a token bucket never fills past its burst.
+-- KEYS: the counters. ARGV: now ('' = Redis's own clock), amount, when it was charged, then
+-- per key: step (as hit.lua names it), limit, period, burst.
+local now
+if ARGV[1] == '' then
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+else
+  now = tonumber(ARGV[1])
+end
+local amount = tonumber(ARGV[2])
+local charged_at = tonumber(ARGV[3])
+
+for index, key in ipairs(KEYS) do
+  local at = 4 + (index - 1) * 4
+  local step, limit = ARGV[at], tonumber(ARGV[at + 1])
+  local period, burst = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  local window = now - math.fmod(now, period)
+  local charged = charged_at - math.fmod(charged_at, period)
+  if step == 'fixed_window' then
+    local stored = redis.call('HMGET', key, 'w', 'c')
+    if stored[1] and tonumber(stored[1]) == window and charged == window then
+      redis.call('HSET', key, 'c', math.max(tonumber(stored[2]) - amount, 0))
+    end
+  elseif step == 'fixed_window_first_hit' then
+    local stored = redis.call('HMGET', key, 'w', 'c')
+    if stored[1] then
+      local start = tonumber(stored[1])
+      if start <= charged_at and charged_at < start + period and now < start + period then
+        redis.call('HSET', key, 'c', math.max(tonumber(stored[2]) - amount, 0))
+      end
+    end
+  elseif step == 'sliding_window' then
+    local stored = redis.call('HMGET', key, 'w', 'c', 'p')
+    if stored[1] then
+      local w = tonumber(stored[1])
+      if w == charged and (w == window or w == window - period) then
+        redis.call('HSET', key, 'c', math.max(tonumber(stored[2]) - amount, 0))
+      elseif w == window and charged == window - period then
+        redis.call('HSET', key, 'p', math.max(tonumber(stored[3]) - amount, 0))
+      end
+    end
+  elseif step == 'token_bucket' then
+    local stored = redis.call('HMGET', key, 't', 'l')
+    if stored[1] then
+      local rate = limit / period
+      local tokens = math.min(burst, tonumber(stored[1]) + math.max(now - tonumber(stored[2]), 0) * rate)
+      redis.call('HSET', key, 't', fmt(math.min(burst, tokens + amount)), 'l', fmt(now))
+    end
+  end
+end
+return 1
