@@ -28,6 +28,7 @@ from ratelimitd.errors import BackendError
 from ratelimitd.limiter import Bounds, Limiter, LimiterOptions
 from ratelimitd.logs import get_logger
 from ratelimitd.loops import loop_name
+from ratelimitd.reservations import Reservations
 from ratelimitd.services.admin_service import SERVICE_NAME as ADMIN_SERVICE
 from ratelimitd.services.admin_service import AdminServicer
 from ratelimitd.services.batch_service import SERVICE_NAME as BATCH_SERVICE
@@ -37,6 +38,8 @@ from ratelimitd.services.grpc_service import RateLimitServicer
 from ratelimitd.services.handlers import register_service
 from ratelimitd.services.http_api import routes
 from ratelimitd.services.prepared import PreparedRequests
+from ratelimitd.services.reservations_service import SERVICE_NAME as RESERVATIONS_SERVICE
+from ratelimitd.services.reservations_service import ReservationsServicer
 from ratelimitd.settings import Settings
 from ratelimitd.transport.h2.limits import DEFAULT_LIMITS, Limits
 from ratelimitd.transport.h2.server import Http2Server
@@ -167,6 +170,16 @@ class App:
                 "GetConfig": (admin_pb2.GetConfigRequest, admin_pb2.GetConfigResponse),
             },
         )
+        register_service(
+            server,
+            RESERVATIONS_SERVICE,
+            ReservationsServicer(Reservations(self.limiter)),
+            {
+                "Reserve": (admin_pb2.ReserveRequest, admin_pb2.ReserveResponse),
+                "Commit": (admin_pb2.CommitRequest, admin_pb2.SettleResponse),
+                "Refund": (admin_pb2.RefundRequest, admin_pb2.SettleResponse),
+            },
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             reflection.aio.ReflectionServicer(
@@ -174,6 +187,7 @@ class App:
                     ENVOY_SERVICE,
                     BATCH_SERVICE,
                     ADMIN_SERVICE,
+                    RESERVATIONS_SERVICE,
                     health.SERVICE_NAME,
                     reflection.SERVICE_NAME,
                 )

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ratelimitd.backends.base import Backend
-from ratelimitd.clock import Clock
 from ratelimitd.errors import InvalidRequest
 from ratelimitd.limiter import Limiter, Prepared
 from ratelimitd.model import Charge, Code, Descriptor, Request
@@ -44,9 +43,8 @@ class Reserved:
 
 
 class Reservations:
-    def __init__(self, limiter: Limiter, clock: Clock) -> None:
+    def __init__(self, limiter: Limiter) -> None:
         self.limiter = limiter
-        self.clock = clock
 
     async def reserve(
         self, domain: str, descriptors: tuple[Descriptor, ...], estimate: int, ttl_s: float
@@ -70,7 +68,7 @@ class Reservations:
             "domain": domain,
             "descriptors": [[list(entry) for entry in d.entries] for d in descriptors],
             "estimate": estimate,
-            "at": self.clock.now(),
+            "at": self._backend.now(),  # which window (or bucket state) the estimate went to
             "ttl": ttl_s,
         }
         await self._backend.kv_set(self._key(reservation_id), json.dumps(record), ttl_s)

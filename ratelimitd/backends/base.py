@@ -47,6 +47,11 @@ class Backend(Protocol):
         `charged_at` (a reservation settled below its estimate)."""
         ...
 
+    def now(self) -> float:
+        """The time the counters are kept in, as well as it is known here (Redis counts by
+        its own clock; this host's is near it)."""
+        ...
+
     async def kv_get(self, key: str) -> str | None:
         """A value `kv_set` stored, while it lives."""
         ...

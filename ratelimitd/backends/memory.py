@@ -118,6 +118,9 @@ class MemoryBackend:
                 if refunded is not None:
                     self._counters[key] = (entry[0], *refunded)
 
+    def now(self) -> float:
+        return self._clock.now()
+
     async def kv_get(self, key: str) -> str | None:
         entry = self._values.get(key)
         return entry[1] if entry is not None and entry[0] > self._clock.now() else None

@@ -34,8 +34,8 @@ def limiter(backend: Backend, key_prefix: str) -> Limiter:
 
 
 @pytest.fixture
-def reservations(limiter: Limiter, clock: FakeClock) -> Reservations:
-    return Reservations(limiter, clock)
+def reservations(limiter: Limiter) -> Reservations:
+    return Reservations(limiter)
 
 
 def of(*entries: tuple[str, str]) -> tuple[Descriptor, ...]:

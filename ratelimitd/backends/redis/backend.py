@@ -423,6 +423,9 @@ class RedisBackend:
         if commands:
             await self._execute(commands)
 
+    def now(self) -> float:
+        return self._clock.now() if self._clock is not None else time.time()
+
     async def kv_get(self, key: str) -> str | None:
         (value,) = await self._execute([("GET", key)])
         return value.decode() if isinstance(value, bytes) else value

@@ -27,39 +27,51 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eratelimitd/v1/ratelimitd.proto\x12\rratelimitd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\x1bShouldRateLimitBatchRequest\x12\x10\n\x08requests\x18\x01 \x03(\x0c\"d\n\x0b\x42\x61tchResult\x12\x10\n\x08response\x18\x01 \x01(\x0c\x12\x12\n\nerror_code\x18\x02 \x01(\r\x12\x15\n\rerror_message\x18\x03 \x01(\t\x12\x18\n\x10unit_multipliers\x18\x04 \x03(\r\"K\n\x1cShouldRateLimitBatchResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.ratelimitd.v1.BatchResult\"#\n\x05\x45ntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"3\n\nDescriptor\x12%\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.ratelimitd.v1.Entry\"N\n\x0cResetRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12.\n\x0b\x64\x65scriptors\x18\x02 \x03(\x0b\x32\x19.ratelimitd.v1.Descriptor\" \n\rResetResponse\x12\x0f\n\x07\x63leared\x18\x01 \x01(\r\"M\n\x0bPeekRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12.\n\x0b\x64\x65scriptors\x18\x02 \x03(\x0b\x32\x19.ratelimitd.v1.Descriptor\"\x95\x02\n\nLimitState\x12\x18\n\x10\x64\x65scriptor_index\x18\x01 \x01(\r\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\talgorithm\x18\x04 \x01(\t\x12\x19\n\x11requests_per_unit\x18\x05 \x01(\r\x12\x0c\n\x04unit\x18\x06 \x01(\t\x12\x17\n\x0funit_multiplier\x18\x07 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x08 \x01(\r\x12\x11\n\tremaining\x18\t \x01(\r\x12.\n\x0breset_after\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nover_limit\x18\x0b \x01(\x08\x12\x13\n\x0bshadow_mode\x18\x0c \x01(\x08\"9\n\x0cPeekResponse\x12)\n\x06states\x18\x01 \x03(\x0b\x32\x19.ratelimitd.v1.LimitState\"\x12\n\x10GetConfigRequest\"\x89\x01\n\x11GetConfigResponse\x12\x0f\n\x07\x64omains\x18\x01 \x03(\t\x12\r\n\x05rules\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\x12-\n\tloaded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07sources\x18\x05 \x03(\t2\xe5\x01\n\x0eRateLimitAdmin\x12\x42\n\x05Reset\x12\x1b.ratelimitd.v1.ResetRequest\x1a\x1c.ratelimitd.v1.ResetResponse\x12?\n\x04Peek\x12\x1a.ratelimitd.v1.PeekRequest\x1a\x1b.ratelimitd.v1.PeekResponse\x12N\n\tGetConfig\x12\x1f.ratelimitd.v1.GetConfigRequest\x1a .ratelimitd.v1.GetConfigResponse2\x81\x01\n\x0eRateLimitBatch\x12o\n\x14ShouldRateLimitBatch\x12*.ratelimitd.v1.ShouldRateLimitBatchRequest\x1a+.ratelimitd.v1.ShouldRateLimitBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eratelimitd/v1/ratelimitd.proto\x12\rratelimitd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x01\n\x0eReserveRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12.\n\x0b\x64\x65scriptors\x18\x02 \x03(\x0b\x32\x19.ratelimitd.v1.Descriptor\x12\x10\n\x08\x65stimate\x18\x03 \x01(\x04\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"^\n\x0fReserveResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61llowed\x18\x02 \x01(\x08\x12.\n\x0bretry_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"+\n\rCommitRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tual\x18\x02 \x01(\x04\"\x1b\n\rRefundRequest\x12\n\n\x02id\x18\x01 \x01(\t\"!\n\x0eSettleResponse\x12\x0f\n\x07\x63harged\x18\x01 \x01(\x04\"/\n\x1bShouldRateLimitBatchRequest\x12\x10\n\x08requests\x18\x01 \x03(\x0c\"d\n\x0b\x42\x61tchResult\x12\x10\n\x08response\x18\x01 \x01(\x0c\x12\x12\n\nerror_code\x18\x02 \x01(\r\x12\x15\n\rerror_message\x18\x03 \x01(\t\x12\x18\n\x10unit_multipliers\x18\x04 \x03(\r\"K\n\x1cShouldRateLimitBatchResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.ratelimitd.v1.BatchResult\"#\n\x05\x45ntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"3\n\nDescriptor\x12%\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.ratelimitd.v1.Entry\"N\n\x0cResetRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12.\n\x0b\x64\x65scriptors\x18\x02 \x03(\x0b\x32\x19.ratelimitd.v1.Descriptor\" \n\rResetResponse\x12\x0f\n\x07\x63leared\x18\x01 \x01(\r\"M\n\x0bPeekRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12.\n\x0b\x64\x65scriptors\x18\x02 \x03(\x0b\x32\x19.ratelimitd.v1.Descriptor\"\x95\x02\n\nLimitState\x12\x18\n\x10\x64\x65scriptor_index\x18\x01 \x01(\r\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\talgorithm\x18\x04 \x01(\t\x12\x19\n\x11requests_per_unit\x18\x05 \x01(\r\x12\x0c\n\x04unit\x18\x06 \x01(\t\x12\x17\n\x0funit_multiplier\x18\x07 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x08 \x01(\r\x12\x11\n\tremaining\x18\t \x01(\r\x12.\n\x0breset_after\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nover_limit\x18\x0b \x01(\x08\x12\x13\n\x0bshadow_mode\x18\x0c \x01(\x08\"9\n\x0cPeekResponse\x12)\n\x06states\x18\x01 \x03(\x0b\x32\x19.ratelimitd.v1.LimitState\"\x12\n\x10GetConfigRequest\"\x89\x01\n\x11GetConfigResponse\x12\x0f\n\x07\x64omains\x18\x01 \x03(\t\x12\r\n\x05rules\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\x12-\n\tloaded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07sources\x18\x05 \x03(\t2\xe5\x01\n\x0eRateLimitAdmin\x12\x42\n\x05Reset\x12\x1b.ratelimitd.v1.ResetRequest\x1a\x1c.ratelimitd.v1.ResetResponse\x12?\n\x04Peek\x12\x1a.ratelimitd.v1.PeekRequest\x1a\x1b.ratelimitd.v1.PeekResponse\x12N\n\tGetConfig\x12\x1f.ratelimitd.v1.GetConfigRequest\x1a .ratelimitd.v1.GetConfigResponse2\x81\x01\n\x0eRateLimitBatch\x12o\n\x14ShouldRateLimitBatch\x12*.ratelimitd.v1.ShouldRateLimitBatchRequest\x1a+.ratelimitd.v1.ShouldRateLimitBatchResponse2\xef\x01\n\x15RateLimitReservations\x12H\n\x07Reserve\x12\x1d.ratelimitd.v1.ReserveRequest\x1a\x1e.ratelimitd.v1.ReserveResponse\x12\x45\n\x06\x43ommit\x12\x1c.ratelimitd.v1.CommitRequest\x1a\x1d.ratelimitd.v1.SettleResponse\x12\x45\n\x06Refund\x12\x1c.ratelimitd.v1.RefundRequest\x1a\x1d.ratelimitd.v1.SettleResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ratelimitd.v1.ratelimitd_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SHOULDRATELIMITBATCHREQUEST']._serialized_start=114
-  _globals['_SHOULDRATELIMITBATCHREQUEST']._serialized_end=161
-  _globals['_BATCHRESULT']._serialized_start=163
-  _globals['_BATCHRESULT']._serialized_end=263
-  _globals['_SHOULDRATELIMITBATCHRESPONSE']._serialized_start=265
-  _globals['_SHOULDRATELIMITBATCHRESPONSE']._serialized_end=340
-  _globals['_ENTRY']._serialized_start=342
-  _globals['_ENTRY']._serialized_end=377
-  _globals['_DESCRIPTOR']._serialized_start=379
-  _globals['_DESCRIPTOR']._serialized_end=430
-  _globals['_RESETREQUEST']._serialized_start=432
-  _globals['_RESETREQUEST']._serialized_end=510
-  _globals['_RESETRESPONSE']._serialized_start=512
-  _globals['_RESETRESPONSE']._serialized_end=544
-  _globals['_PEEKREQUEST']._serialized_start=546
-  _globals['_PEEKREQUEST']._serialized_end=623
-  _globals['_LIMITSTATE']._serialized_start=626
-  _globals['_LIMITSTATE']._serialized_end=903
-  _globals['_PEEKRESPONSE']._serialized_start=905
-  _globals['_PEEKRESPONSE']._serialized_end=962
-  _globals['_GETCONFIGREQUEST']._serialized_start=964
-  _globals['_GETCONFIGREQUEST']._serialized_end=982
-  _globals['_GETCONFIGRESPONSE']._serialized_start=985
-  _globals['_GETCONFIGRESPONSE']._serialized_end=1122
-  _globals['_RATELIMITADMIN']._serialized_start=1125
-  _globals['_RATELIMITADMIN']._serialized_end=1354
-  _globals['_RATELIMITBATCH']._serialized_start=1357
-  _globals['_RATELIMITBATCH']._serialized_end=1486
+  _globals['_RESERVEREQUEST']._serialized_start=115
+  _globals['_RESERVEREQUEST']._serialized_end=253
+  _globals['_RESERVERESPONSE']._serialized_start=255
+  _globals['_RESERVERESPONSE']._serialized_end=349
+  _globals['_COMMITREQUEST']._serialized_start=351
+  _globals['_COMMITREQUEST']._serialized_end=394
+  _globals['_REFUNDREQUEST']._serialized_start=396
+  _globals['_REFUNDREQUEST']._serialized_end=423
+  _globals['_SETTLERESPONSE']._serialized_start=425
+  _globals['_SETTLERESPONSE']._serialized_end=458
+  _globals['_SHOULDRATELIMITBATCHREQUEST']._serialized_start=460
+  _globals['_SHOULDRATELIMITBATCHREQUEST']._serialized_end=507
+  _globals['_BATCHRESULT']._serialized_start=509
+  _globals['_BATCHRESULT']._serialized_end=609
+  _globals['_SHOULDRATELIMITBATCHRESPONSE']._serialized_start=611
+  _globals['_SHOULDRATELIMITBATCHRESPONSE']._serialized_end=686
+  _globals['_ENTRY']._serialized_start=688
+  _globals['_ENTRY']._serialized_end=723
+  _globals['_DESCRIPTOR']._serialized_start=725
+  _globals['_DESCRIPTOR']._serialized_end=776
+  _globals['_RESETREQUEST']._serialized_start=778
+  _globals['_RESETREQUEST']._serialized_end=856
+  _globals['_RESETRESPONSE']._serialized_start=858
+  _globals['_RESETRESPONSE']._serialized_end=890
+  _globals['_PEEKREQUEST']._serialized_start=892
+  _globals['_PEEKREQUEST']._serialized_end=969
+  _globals['_LIMITSTATE']._serialized_start=972
+  _globals['_LIMITSTATE']._serialized_end=1249
+  _globals['_PEEKRESPONSE']._serialized_start=1251
+  _globals['_PEEKRESPONSE']._serialized_end=1308
+  _globals['_GETCONFIGREQUEST']._serialized_start=1310
+  _globals['_GETCONFIGREQUEST']._serialized_end=1328
+  _globals['_GETCONFIGRESPONSE']._serialized_start=1331
+  _globals['_GETCONFIGRESPONSE']._serialized_end=1468
+  _globals['_RATELIMITADMIN']._serialized_start=1471
+  _globals['_RATELIMITADMIN']._serialized_end=1700
+  _globals['_RATELIMITBATCH']._serialized_start=1703
+  _globals['_RATELIMITBATCH']._serialized_end=1832
+  _globals['_RATELIMITRESERVATIONS']._serialized_start=1835
+  _globals['_RATELIMITRESERVATIONS']._serialized_end=2074
 # @@protoc_insertion_point(module_scope)

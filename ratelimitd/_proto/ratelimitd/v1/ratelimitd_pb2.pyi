@@ -11,6 +11,48 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReserveRequest(_message.Message):
+    __slots__ = ("domain", "descriptors", "estimate", "ttl")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTORS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    descriptors: _containers.RepeatedCompositeFieldContainer[Descriptor]
+    estimate: int
+    ttl: _duration_pb2.Duration
+    def __init__(self, domain: _Optional[str] = ..., descriptors: _Optional[_Iterable[_Union[Descriptor, _Mapping]]] = ..., estimate: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class ReserveResponse(_message.Message):
+    __slots__ = ("id", "allowed", "retry_after")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    allowed: bool
+    retry_after: _duration_pb2.Duration
+    def __init__(self, id: _Optional[str] = ..., allowed: _Optional[bool] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class CommitRequest(_message.Message):
+    __slots__ = ("id", "actual")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ACTUAL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    actual: int
+    def __init__(self, id: _Optional[str] = ..., actual: _Optional[int] = ...) -> None: ...
+
+class RefundRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class SettleResponse(_message.Message):
+    __slots__ = ("charged",)
+    CHARGED_FIELD_NUMBER: _ClassVar[int]
+    charged: int
+    def __init__(self, charged: _Optional[int] = ...) -> None: ...
+
 class ShouldRateLimitBatchRequest(_message.Message):
     __slots__ = ("requests",)
     REQUESTS_FIELD_NUMBER: _ClassVar[int]

@@ -272,3 +272,175 @@ class RateLimitBatch:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RateLimitReservationsStub:
+    """Reserve, then commit or refund: for costs estimated before the work and known after it, such
+    as the tokens of an LLM answer. Like RateLimitService it needs no token: an app calls it with
+    its normal credentials. docs/algorithms.md, "Reservations", says what each call charges.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Reserve = channel.unary_unary(
+                '/ratelimitd.v1.RateLimitReservations/Reserve',
+                request_serializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.ReserveRequest.SerializeToString,
+                response_deserializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.ReserveResponse.FromString,
+                _registered_method=True)
+        self.Commit = channel.unary_unary(
+                '/ratelimitd.v1.RateLimitReservations/Commit',
+                request_serializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.CommitRequest.SerializeToString,
+                response_deserializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.SettleResponse.FromString,
+                _registered_method=True)
+        self.Refund = channel.unary_unary(
+                '/ratelimitd.v1.RateLimitReservations/Refund',
+                request_serializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.RefundRequest.SerializeToString,
+                response_deserializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.SettleResponse.FromString,
+                _registered_method=True)
+
+
+class RateLimitReservationsServicer:
+    """Reserve, then commit or refund: for costs estimated before the work and known after it, such
+    as the tokens of an LLM answer. Like RateLimitService it needs no token: an app calls it with
+    its normal credentials. docs/algorithms.md, "Reservations", says what each call charges.
+    """
+
+    def Reserve(self, request, context):
+        """Charges `estimate` to every limit the descriptors match when it fits there; a denied
+        reservation charges nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Commit(self, request, context):
+        """Settles the reservation at `actual`: the difference from the estimate is charged, or given
+        back when less. Again with the same `actual`: the same answer; with another: an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Refund(self, request, context):
+        """Gives the whole estimate back (settles at 0).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RateLimitReservationsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Reserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reserve,
+                    request_deserializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.ReserveRequest.FromString,
+                    response_serializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.ReserveResponse.SerializeToString,
+            ),
+            'Commit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Commit,
+                    request_deserializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.CommitRequest.FromString,
+                    response_serializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.SettleResponse.SerializeToString,
+            ),
+            'Refund': grpc.unary_unary_rpc_method_handler(
+                    servicer.Refund,
+                    request_deserializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.RefundRequest.FromString,
+                    response_serializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.SettleResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'ratelimitd.v1.RateLimitReservations', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('ratelimitd.v1.RateLimitReservations', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RateLimitReservations:
+    """Reserve, then commit or refund: for costs estimated before the work and known after it, such
+    as the tokens of an LLM answer. Like RateLimitService it needs no token: an app calls it with
+    its normal credentials. docs/algorithms.md, "Reservations", says what each call charges.
+    """
+
+    @staticmethod
+    def Reserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ratelimitd.v1.RateLimitReservations/Reserve',
+            ratelimitd_dot_v1_dot_ratelimitd__pb2.ReserveRequest.SerializeToString,
+            ratelimitd_dot_v1_dot_ratelimitd__pb2.ReserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Commit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ratelimitd.v1.RateLimitReservations/Commit',
+            ratelimitd_dot_v1_dot_ratelimitd__pb2.CommitRequest.SerializeToString,
+            ratelimitd_dot_v1_dot_ratelimitd__pb2.SettleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Refund(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ratelimitd.v1.RateLimitReservations/Refund',
+            ratelimitd_dot_v1_dot_ratelimitd__pb2.RefundRequest.SerializeToString,
+            ratelimitd_dot_v1_dot_ratelimitd__pb2.SettleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
