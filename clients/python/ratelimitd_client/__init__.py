@@ -20,6 +20,7 @@ from ratelimitd_client._core import (
     ServiceUnavailable,
     Unauthenticated,
 )
+from ratelimitd_client._reservations import Reservation
 from ratelimitd_client._sync import RateLimitClient
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ __all__ = [
     "RateLimit",
     "RateLimitClient",
     "RateLimitError",
+    "Reservation",
     "ServiceUnavailable",
     "Unauthenticated",
     "__version__",

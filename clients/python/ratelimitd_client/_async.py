@@ -4,7 +4,8 @@ concurrent checks share gRPC calls (`_coalesce`)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -33,7 +34,16 @@ from ratelimitd_client._core import (
     translate_error,
 )
 from ratelimitd_client._failures import FailureLog
+from ratelimitd_client._proto.ratelimitd.v1 import ratelimitd_pb2 as admin_pb
 from ratelimitd_client._proto.ratelimitd.v1 import ratelimitd_pb2_grpc as admin_grpc
+from ratelimitd_client._reservations import (
+    DEFAULT_RESERVATION_TTL_S,
+    Reservation,
+    check_amount,
+    reservation_from_response,
+    reservation_id,
+    reserve_request,
+)
 
 
 class _Channel:
@@ -49,6 +59,7 @@ class _Channel:
         single = rls_pb2_grpc.RateLimitServiceStub(channel).ShouldRateLimit
         batch: Any = admin_grpc.RateLimitBatchStub(channel)  # type: ignore[no-untyped-call]
         self.checks = Coalescer(single, batch.ShouldRateLimitBatch, coalesce=coalesce)
+        self.reservations: Any = admin_grpc.RateLimitReservationsStub(channel)  # type: ignore[no-untyped-call]
 
 
 class AsyncRateLimitClient:
@@ -168,6 +179,84 @@ class AsyncRateLimitClient:
         except grpc.RpcError as exc:
             raise translate_error(exc) from exc
         return states_from_response(response)
+
+    async def reserve(
+        self,
+        domain: str,
+        descriptors: Sequence[DescriptorLike],
+        estimate: int,
+        ttl: float = DEFAULT_RESERVATION_TTL_S,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, also sent to the server
+    ) -> Reservation:
+        """Charges `estimate` to every limit the descriptors match, when it fits there (a
+        reservation that is not allowed charges nothing). Settle it with `commit` or `refund`
+        within `ttl` seconds, or it stays charged at the estimate."""
+        request = reserve_request(domain, descriptors, estimate, ttl)
+        try:
+            response = await self._channel().reservations.Reserve(
+                request, timeout=self.options.timeout_for(timeout)
+            )
+        except grpc.RpcError as exc:
+            raise translate_error(exc) from exc
+        return reservation_from_response(response)
+
+    async def commit(
+        self,
+        reservation_or_id: Reservation | str,
+        actual: int,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, also sent to the server
+    ) -> int:
+        """Settles the reservation at `actual` (the difference from the estimate is charged,
+        or given back); again with the same `actual` it answers the same."""
+        check_amount(actual, "actual")
+        request = admin_pb.CommitRequest(id=reservation_id(reservation_or_id), actual=actual)
+        try:
+            response = await self._channel().reservations.Commit(
+                request, timeout=self.options.timeout_for(timeout)
+            )
+        except grpc.RpcError as exc:
+            raise translate_error(exc) from exc
+        return int(response.charged)
+
+    async def refund(
+        self,
+        reservation_or_id: Reservation | str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, also sent to the server
+    ) -> int:
+        """Gives the whole estimate back."""
+        request = admin_pb.RefundRequest(id=reservation_id(reservation_or_id))
+        try:
+            response = await self._channel().reservations.Refund(
+                request, timeout=self.options.timeout_for(timeout)
+            )
+        except grpc.RpcError as exc:
+            raise translate_error(exc) from exc
+        return int(response.charged)
+
+    @contextlib.asynccontextmanager
+    async def reservation(
+        self,
+        domain: str,
+        descriptors: Sequence[DescriptorLike],
+        estimate: int,
+        ttl: float = DEFAULT_RESERVATION_TTL_S,
+    ) -> AsyncIterator[Reservation]:
+        """`async with client.reservation(...) as r: ...; r.commit(actual)`: reserves on
+        entry; on exit commits what `r.commit` was given, or refunds the estimate (also when
+        the block raised before it). Check `r.allowed` inside: a reservation that was not
+        allowed has nothing to settle."""
+        reserved = await self.reserve(domain, descriptors, estimate, ttl)
+        try:
+            yield reserved
+        finally:
+            if reserved.allowed:
+                if reserved.actual is None:
+                    await self.refund(reserved)
+                else:
+                    await self.commit(reserved, reserved.actual)
 
     async def connect(self, timeout: float = 2.0) -> bool:  # noqa: ASYNC109 - returns False
         """Connects now (e.g. in the app's lifespan startup) so that the first check does not pay

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -31,7 +32,16 @@ from ratelimitd_client._core import (
     translate_error,
 )
 from ratelimitd_client._failures import FailureLog
+from ratelimitd_client._proto.ratelimitd.v1 import ratelimitd_pb2 as admin_pb
 from ratelimitd_client._proto.ratelimitd.v1 import ratelimitd_pb2_grpc as admin_grpc
+from ratelimitd_client._reservations import (
+    DEFAULT_RESERVATION_TTL_S,
+    Reservation,
+    check_amount,
+    reservation_from_response,
+    reservation_id,
+    reserve_request,
+)
 
 
 class _Channel:
@@ -40,6 +50,7 @@ class _Channel:
         self.pid = pid
         self.rls = rls_pb2_grpc.RateLimitServiceStub(channel)
         self.admin: Any = admin_grpc.RateLimitAdminStub(channel)  # type: ignore[no-untyped-call]
+        self.reservations: Any = admin_grpc.RateLimitReservationsStub(channel)  # type: ignore[no-untyped-call]
 
 
 class RateLimitClient:
@@ -162,6 +173,73 @@ class RateLimitClient:
         except grpc.RpcError as exc:
             raise translate_error(exc) from exc
         return states_from_response(response)
+
+    def reserve(
+        self,
+        domain: str,
+        descriptors: Sequence[DescriptorLike],
+        estimate: int,
+        ttl: float = DEFAULT_RESERVATION_TTL_S,
+        *,
+        timeout: float | None = None,
+    ) -> Reservation:
+        """Charges `estimate` to every limit the descriptors match, when it fits there (a
+        reservation that is not allowed charges nothing). Settle it with `commit` or `refund`
+        within `ttl` seconds, or it stays charged at the estimate."""
+        request = reserve_request(domain, descriptors, estimate, ttl)
+        try:
+            response = self._channel().reservations.Reserve(
+                request, timeout=self.options.timeout_for(timeout)
+            )
+        except grpc.RpcError as exc:
+            raise translate_error(exc) from exc
+        return reservation_from_response(response)
+
+    def commit(
+        self, reservation_or_id: Reservation | str, actual: int, *, timeout: float | None = None
+    ) -> int:
+        """Settles the reservation at `actual` (the difference from the estimate is charged,
+        or given back); again with the same `actual` it answers the same."""
+        check_amount(actual, "actual")
+        request = admin_pb.CommitRequest(id=reservation_id(reservation_or_id), actual=actual)
+        try:
+            response = self._channel().reservations.Commit(
+                request, timeout=self.options.timeout_for(timeout)
+            )
+        except grpc.RpcError as exc:
+            raise translate_error(exc) from exc
+        return int(response.charged)
+
+    def refund(self, reservation_or_id: Reservation | str, *, timeout: float | None = None) -> int:
+        """Gives the whole estimate back."""
+        request = admin_pb.RefundRequest(id=reservation_id(reservation_or_id))
+        try:
+            response = self._channel().reservations.Refund(
+                request, timeout=self.options.timeout_for(timeout)
+            )
+        except grpc.RpcError as exc:
+            raise translate_error(exc) from exc
+        return int(response.charged)
+
+    @contextlib.contextmanager
+    def reservation(
+        self,
+        domain: str,
+        descriptors: Sequence[DescriptorLike],
+        estimate: int,
+        ttl: float = DEFAULT_RESERVATION_TTL_S,
+    ) -> Iterator[Reservation]:
+        """`with client.reservation(...) as r: ...; r.commit(actual)`: reserves on entry; on
+        exit commits what `r.commit` was given, or refunds the estimate."""
+        reserved = self.reserve(domain, descriptors, estimate, ttl)
+        try:
+            yield reserved
+        finally:
+            if reserved.allowed:
+                if reserved.actual is None:
+                    self.refund(reserved)
+                else:
+                    self.commit(reserved, reserved.actual)
 
     def connect(self, timeout: float = 2.0) -> bool:
         """Connects now (e.g. at startup) so that the first check does not pay for it; returns
