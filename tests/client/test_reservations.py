@@ -8,9 +8,13 @@ from typing import Any
 
 import pytest
 from ratelimitd_client import AsyncRateLimitClient, InvalidRequest, RateLimitClient
+from ratelimitd_client.starlette import denial_response, settle_stream
+from starlette.applications import Starlette
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
 
 from ratelimitd.clock import FakeClock
-from tests.client.conftest import TOKEN, target
+from tests.client.conftest import TOKEN, http, target
 from tests.integration.conftest import StartServer
 
 RULES = """
@@ -78,3 +82,29 @@ async def test_sync_reserve_and_the_context_manager(
 
     assert await asyncio.to_thread(scenario) == 0
     assert await left(async_client(target(app), admin_token=TOKEN), "s") == 880
+
+
+async def test_settle_stream_commits_what_the_stream_sent(
+    start_server: StartServer, async_client: Callable[..., AsyncRateLimitClient]
+) -> None:
+    """A streaming response whose cost is known at its end: a StreamingResponse of a fake
+    model, through httpx in process; the reservation is settled at the tokens sent."""
+    client = async_client(target(await started(start_server)), admin_token=TOKEN)
+
+    async def tokens(count: int) -> Any:
+        for index in range(count):
+            yield f"token{index} "
+
+    async def complete(request: Any) -> Any:
+        count = int(request.query_params["tokens"])
+        reservation = await client.reserve("llm", [{"key": "stream"}], 300)
+        if not reservation.allowed:
+            return denial_response(await client.check("llm", [{"key": "stream"}], 0))
+        return StreamingResponse(settle_stream(client, reservation, tokens(count)))
+
+    app = Starlette(routes=[Route("/complete", complete)])
+    async with http(app) as browser:
+        short = await browser.get("/complete", params={"tokens": 40})
+        long = await browser.get("/complete", params={"tokens": 500})  # over the estimate
+    assert short.text.count("token") == 40 and long.text.count("token") == 500
+    assert await left(client, "stream") == 1000 - 540

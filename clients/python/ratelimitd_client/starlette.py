@@ -11,8 +11,8 @@ A denial is a 429 with `{"error": "rate_limited", "retry_after": N}`, `Retry-Aft
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -39,6 +39,7 @@ from ratelimitd_client._builders import (
     state,
 )
 from ratelimitd_client._core import Decision, check_arguments, most_restrictive
+from ratelimitd_client._reservations import Reservation
 
 __all__ = [
     "DECISIONS_KEY",
@@ -62,6 +63,7 @@ __all__ = [
     "remote_address",
     "route",
     "route_template",
+    "settle_stream",
     "state",
 ]
 
@@ -89,6 +91,33 @@ class RateLimitExceeded(HTTPException):
     def __init__(self, decision: Decision) -> None:
         super().__init__(status_code=429, detail="rate_limited", headers=decision.headers())
         self.decision = decision
+
+
+Chunk = TypeVar("Chunk")
+
+
+def settle_stream(
+    client: AsyncRateLimitClient,
+    reservation: Reservation,
+    body: AsyncIterable[Chunk],
+    cost: Callable[[Chunk], int] = lambda chunk: 1,
+) -> AsyncIterator[Chunk]:
+    """`body`'s chunks, for a `StreamingResponse`; when the stream ends, or the client goes
+    away, the reservation is committed at the summed `cost` of the chunks sent (one per chunk
+    by default: a token per chunk). `StreamingResponse(settle_stream(client, r, tokens()))`.
+    """
+
+    async def stream() -> AsyncIterator[Chunk]:
+        used = 0
+        try:
+            async for chunk in body:
+                used += cost(chunk)
+                yield chunk
+        finally:
+            if reservation.allowed:
+                await client.commit(reservation, used)
+
+    return stream()
 
 
 def rate_limit_exceeded_handler(request: Request, exc: Exception) -> Response:
