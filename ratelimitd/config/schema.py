@@ -7,8 +7,9 @@ strings. Every problem in a file is collected; nothing stops at the first one.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -52,8 +53,6 @@ LIMIT_KEYS = frozenset(
 )
 UNIT_NAMES = ", ".join(unit.name.lower() for unit in Unit)
 ALGORITHM_NAMES = ", ".join(algorithm.value for algorithm in Algorithm)
-CHARGE_NAMES = ", ".join(charge.value for charge in Charge)
-WINDOW_NAMES = ", ".join(window.value for window in Window)
 MAX_REQUESTS_PER_UNIT = 2**32 - 1
 # Deeper than any real descriptor (Envoy sends a handful of entries; requests allow 32).
 MAX_DEPTH = 32
@@ -460,6 +459,29 @@ def _limit(
     return limit, False, replaces
 
 
+E = TypeVar("E", bound=enum.Enum)
+
+
+def _choice(
+    fields: dict[str, tuple[yaml.Node, yaml.Node]],
+    name: str,
+    where: str,
+    default: E,
+    errors: ErrorList,
+) -> E:
+    """A key whose value names a member of `default`'s enum (its `value`, any case)."""
+    if name not in fields:
+        return default
+    value = fields[name][1]
+    text = _scalar_text(value) or ""
+    try:
+        return type(default)(text.strip().lower())
+    except ValueError:
+        names = ", ".join(member.value for member in type(default))
+        errors.add(value, f"{where}.{name}", f"invalid {name} '{text}' (expected one of {names})")
+        return default
+
+
 def _window(
     fields: dict[str, tuple[yaml.Node, yaml.Node]],
     where: str,
@@ -467,19 +489,11 @@ def _window(
     errors: ErrorList,
 ) -> Window:
     """`window: aligned | first_hit` (where a fixed window starts)."""
-    if "window" not in fields:
-        return Window.ALIGNED
-    key, value = fields["window"]
-    text = _scalar_text(value) or ""
-    try:
-        window = Window(text.strip().lower())
-    except ValueError:
+    window = _choice(fields, "window", where, Window.ALIGNED, errors)
+    if "window" in fields and algorithm is not Algorithm.FIXED_WINDOW:
         errors.add(
-            value, f"{where}.window", f"invalid window '{text}' (expected one of {WINDOW_NAMES})"
+            fields["window"][0], f"{where}.window", "window is only for algorithm fixed_window"
         )
-        return Window.ALIGNED
-    if algorithm is not Algorithm.FIXED_WINDOW:
-        errors.add(key, f"{where}.window", "window is only for algorithm fixed_window")
     return window
 
 
@@ -490,20 +504,10 @@ def _charge(
     errors: ErrorList,
 ) -> Charge:
     """`charge: if_fits | always` (what a cost that does not fit is charged)."""
-    if "charge" not in fields:
-        return Charge.IF_FITS
-    key, value = fields["charge"]
-    text = _scalar_text(value) or ""
-    try:
-        charge = Charge(text.strip().lower())
-    except ValueError:
-        errors.add(
-            value, f"{where}.charge", f"invalid charge '{text}' (expected one of {CHARGE_NAMES})"
-        )
-        return Charge.IF_FITS
+    charge = _choice(fields, "charge", where, Charge.IF_FITS, errors)
     if charge is Charge.ALWAYS and requests == 0:
         errors.add(
-            key,
+            fields["charge"][0],
             f"{where}.charge",
             "charge: always needs requests_per_unit of at least 1 (what pays a debt off)",
         )

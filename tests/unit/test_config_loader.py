@@ -22,8 +22,8 @@ INVALID = COMPAT / "invalid"
 
 UNITS = "second, minute, hour, day, month, year, week"
 DESCRIPTOR_KEYS = (
-    "descriptors, detailed_metric, key, metadata, quota_mode, rate_limit, rate_limits, "
-    "shadow_mode, share_threshold, value, value_to_metric"
+    "descriptors, detailed_metric, key, metadata, on_backend_failure, quota_mode, rate_limit, "
+    "rate_limits, shadow_mode, share_threshold, value, value_to_metric"
 )
 LIMIT_KEYS = (
     "algorithm, burst, charge, name, replaces, requests_per_unit, unit, unit_multiplier, "

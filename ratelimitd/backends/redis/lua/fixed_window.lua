@@ -16,13 +16,7 @@ local function fixed_window(key, now, limit, period, burst, cost, always)
     end
   end
   local allowed
-  if always and cost > 0 then
-    allowed = count < limit
-    count = count + cost
-  else
-    if cost == 0 then allowed = count < limit else allowed = count + cost <= limit end
-    if allowed then count = count + cost end
-  end
+  allowed, count = fixed_charge(count, limit, cost, always)
   local window_end = window + period
   local admits_in, paid_in = 1, 1
   if limit > 0 then
@@ -59,13 +53,7 @@ local function fixed_window_first_hit(key, now, limit, period, burst, cost, alwa
     end
   end
   local allowed
-  if always and cost > 0 then
-    allowed = count < limit
-    count = count + cost
-  else
-    if cost == 0 then allowed = count < limit else allowed = count + cost <= limit end
-    if allowed then count = count + cost end
-  end
+  allowed, count = fixed_charge(count, limit, cost, always)
   if start == nil then
     if count == 0 or cost == 0 then
       return allowed, limit - count, 0, function() end

@@ -6,13 +6,7 @@
 -- A descriptor's limits are charged all or nothing, but a limit whose charge is `always`
 -- is charged whatever the others say.
 -- Returns, per descriptor: allowed, then per limit: allowed, remaining, milliseconds until reset.
-local now
-if ARGV[1] == '' then
-  local time = redis.call('TIME')
-  now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-else
-  now = tonumber(ARGV[1])
-end
+local now = script_now(ARGV[1])
 
 local steps = {
   fixed_window = fixed_window,

@@ -3,13 +3,7 @@
 -- window that was charged; a token bucket never fills past its burst.
 -- KEYS: the counters. ARGV: now ('' = Redis's own clock), amount, when it was charged, then
 -- per key: step (as hit.lua names it), limit, period, burst.
-local now
-if ARGV[1] == '' then
-  local time = redis.call('TIME')
-  now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-else
-  now = tonumber(ARGV[1])
-end
+local now = script_now(ARGV[1])
 local amount = tonumber(ARGV[2])
 local charged_at = tonumber(ARGV[3])
 
