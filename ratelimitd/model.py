@@ -55,6 +55,7 @@ class Algorithm(enum.Enum):
     FIXED_WINDOW = "fixed_window"
     SLIDING_WINDOW = "sliding_window"
     TOKEN_BUCKET = "token_bucket"
+    GCRA = "gcra"  # the generic cell rate algorithm: one timestamp per key
 
 
 # Short, stable codes for counter keys: a key is written for every hit, so it stays small.
@@ -62,6 +63,7 @@ _ALGORITHM_CODES = {
     Algorithm.FIXED_WINDOW: "fw",
     Algorithm.SLIDING_WINDOW: "sw",
     Algorithm.TOKEN_BUCKET: "tb",
+    Algorithm.GCRA: "gc",
 }
 
 
@@ -94,6 +96,10 @@ class Charge(enum.Enum):
 
     IF_FITS = "if_fits"
     ALWAYS = "always"
+
+
+# Algorithms whose `burst` is how much may pass at once (default: requests_per_unit).
+_BURSTY = frozenset((Algorithm.TOKEN_BUCKET, Algorithm.GCRA))
 
 
 class Code(enum.Enum):
@@ -133,7 +139,7 @@ class Limit:
     @property
     def capacity(self) -> int:
         """The most that can be admitted at once."""
-        if self.algorithm is Algorithm.TOKEN_BUCKET and self.burst is not None:
+        if self.algorithm in _BURSTY and self.burst is not None:
             return self.burst
         return self.requests_per_unit
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ratelimitd.algorithms import fixed_window, sliding_window, token_bucket
+from ratelimitd.algorithms import fixed_window, gcra, sliding_window, token_bucket
 from ratelimitd.algorithms.base import Outcome, State, Step
 from ratelimitd.model import Algorithm, Limit
 
@@ -12,6 +12,7 @@ STEPS: dict[Algorithm, Step] = {
     Algorithm.FIXED_WINDOW: fixed_window.step,
     Algorithm.SLIDING_WINDOW: sliding_window.step,
     Algorithm.TOKEN_BUCKET: token_bucket.step,
+    Algorithm.GCRA: gcra.step,
 }
 
 Refund = Callable[[State | None, float, Limit, int, float], State | None]
@@ -22,6 +23,7 @@ REFUNDS: dict[Algorithm, Refund] = {
     Algorithm.FIXED_WINDOW: fixed_window.refund,
     Algorithm.SLIDING_WINDOW: sliding_window.refund,
     Algorithm.TOKEN_BUCKET: token_bucket.refund,
+    Algorithm.GCRA: gcra.refund,
 }
 
 __all__ = ["REFUNDS", "STEPS", "Outcome", "Refund", "State", "Step"]

@@ -441,15 +441,17 @@ def _limit(
     burst = None
     if "burst" in fields:
         burst = _int(fields["burst"][1], f"{where}.burst", errors, 1)
-        if algorithm is not Algorithm.TOKEN_BUCKET:
+        if algorithm not in (Algorithm.TOKEN_BUCKET, Algorithm.GCRA):
             errors.add(
-                fields["burst"][0], f"{where}.burst", "burst is only for algorithm token_bucket"
+                fields["burst"][0],
+                f"{where}.burst",
+                "burst is only for algorithm token_bucket or gcra",
             )
-    if algorithm is Algorithm.TOKEN_BUCKET and requests == 0:
+    if algorithm in (Algorithm.TOKEN_BUCKET, Algorithm.GCRA) and requests == 0:
         errors.add(
             fields["requests_per_unit"][1],
             f"{where}.requests_per_unit",
-            "a token_bucket needs requests_per_unit of at least 1 (its refill rate)",
+            f"a {algorithm.value} needs requests_per_unit of at least 1 (its rate)",
         )
     charge = _charge(fields, where, requests, errors)
     window = _window(fields, where, algorithm, errors)

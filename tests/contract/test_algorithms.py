@@ -37,6 +37,8 @@ descriptors:
     rate_limits:
       - {name: per_second, unit: second, requests_per_unit: 10, algorithm: token_bucket, burst: 20}
       - {name: per_day, unit: day, requests_per_unit: 10000}
+  - key: gcra
+    rate_limit: {unit: second, requests_per_unit: 10, algorithm: gcra, burst: 20}
   - key: first_hit
     rate_limit: {unit: minute, requests_per_unit: 3, window: first_hit}
   - key: first_hit_debt
@@ -84,6 +86,10 @@ BUCKET: list[Row] = [
     (3.0, 15, OK, 5, 1.5),
 ]
 
+
+# GCRA at the bucket's rate and burst admits what the bucket does, with the same waits: one
+# timestamp, 0.1 s per hit, up to 2 s ahead.
+GCRA = BUCKET
 
 # `window: first_hit`: the window opens at the first admitted hit and lasts the period.
 FIRST_HIT: list[Row] = [
@@ -150,6 +156,7 @@ def hit(key: str, cost: int, value: str = "v") -> Request:
         ("fixed", FIXED),
         ("sliding", SLIDING),
         ("bucket", BUCKET),
+        ("gcra", GCRA),
         ("first_hit", FIRST_HIT),
         ("first_hit_debt", FIRST_HIT_DEBT),
         ("fixed_debt", FIXED_DEBT),

@@ -87,6 +87,24 @@ def test_token_bucket_never_exceeds_burst_plus_refill(
     rate = requests / 60
     admitted, states = run(limit, hits)
     assert all(0 <= state[0] <= burst for state in states)
+    assert_at_most_burst_plus_rate(admitted, burst, rate)
+
+
+@settings(max_examples=300)
+@given(traffic, st.integers(1, 10), st.integers(1, 30))
+def test_gcra_admits_exactly_what_the_token_bucket_admits(
+    hits: list[tuple[float, int]], requests: int, burst: int
+) -> None:
+    """Same rate, same burst: the same hits admitted (and so the bucket's bound holds)."""
+    bucket = Limit(requests, Unit.MINUTE, algorithm=Algorithm.TOKEN_BUCKET, burst=burst)
+    gcra = Limit(requests, Unit.MINUTE, algorithm=Algorithm.GCRA, burst=burst)
+    assert run(gcra, hits)[0] == run(bucket, hits)[0]
+    assert_at_most_burst_plus_rate(run(gcra, hits)[0], burst, requests / 60)
+
+
+def assert_at_most_burst_plus_rate(
+    admitted: list[tuple[float, int]], burst: int, rate: float
+) -> None:
     for i, (start, _) in enumerate(admitted):
         total = 0
         for when, cost in admitted[i:]:

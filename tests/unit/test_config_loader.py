@@ -536,7 +536,7 @@ def test_burst_needs_token_bucket(tmp_path: Path, algorithm: str) -> None:
         f"    rate_limit: {{unit: second, requests_per_unit: 1, burst: 5{algorithm}}}\n",
     )
     assert errors_of(f) == [
-        f"{f}: line 4, descriptors[0].rate_limit.burst: burst is only for algorithm token_bucket"
+        f"{f}: line 4, descriptors[0].rate_limit.burst: burst is only for algorithm token_bucket or gcra"
     ]
 
 

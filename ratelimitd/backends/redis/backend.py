@@ -38,7 +38,7 @@ from ratelimitd.clock import Clock
 from ratelimitd.errors import BackendError
 from ratelimitd.model import Algorithm, Charge, Limit, LimitResult, Window
 
-SCRIPT_PARTS = ("prelude", "fixed_window", "sliding_window", "token_bucket", "hit")
+SCRIPT_PARTS = ("prelude", "fixed_window", "sliding_window", "token_bucket", "gcra", "hit")
 
 
 def load_hit_script() -> str:

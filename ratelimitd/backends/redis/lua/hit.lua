@@ -13,6 +13,7 @@ local steps = {
   fixed_window_first_hit = fixed_window_first_hit,
   sliding_window = sliding_window,
   token_bucket = token_bucket,
+  gcra = gcra,
 }
 
 local reply = {}

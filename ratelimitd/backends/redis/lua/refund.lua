@@ -36,6 +36,12 @@ for index, key in ipairs(KEYS) do
         redis.call('HSET', key, 'p', math.max(tonumber(stored[3]) - amount, 0))
       end
     end
+  elseif step == 'gcra' then
+    local stored = redis.call('HGET', key, 't')
+    if stored and tonumber(stored) > now then
+      local interval = period / limit
+      redis.call('HSET', key, 't', fmt(math.max(tonumber(stored) - amount * interval, now)))
+    end
   elseif step == 'token_bucket' then
     local stored = redis.call('HMGET', key, 't', 'l')
     if stored[1] then
