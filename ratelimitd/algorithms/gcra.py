@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 
 from ratelimitd.algorithms.base import RETRY_MARGIN_S, TOLERANCE, Outcome, State
+
+TIME_TOLERANCE_S = RETRY_MARGIN_S / 2
 from ratelimitd.model import Charge, Limit, LimitResult
 
 
@@ -25,7 +27,9 @@ def step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
     tat = max(state[0], now) if state is not None else now
     charge_anyway = limit.charge is Charge.ALWAYS and cost > 0
     need = 1 if charge_anyway else max(cost, 1)
-    allowed = tat + need * interval - capacity * interval <= now + TOLERANCE
+    # compared in time: timestamps near 1.7e9 s are exact to about 0.24 µs, so a wait worked
+    # out here (plus RETRY_MARGIN_S) must not come out a hair short
+    allowed = (tat - now) + (need - capacity) * interval <= TIME_TOLERANCE_S
     if allowed or charge_anyway:
         tat += cost * interval
     ahead = tat - now  # how far the TAT runs ahead: what is in use, in time

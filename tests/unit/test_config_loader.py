@@ -522,7 +522,7 @@ def test_unknown_algorithm(tmp_path: Path) -> None:
     )
     assert errors_of(f) == [
         f"{f}: line 4, descriptors[0].rate_limit.algorithm: invalid algorithm 'leaky_bucket' "
-        "(expected one of fixed_window, sliding_window, token_bucket)"
+        "(expected one of fixed_window, sliding_window, token_bucket, gcra)"
     ]
 
 
@@ -853,7 +853,7 @@ def test_several_errors_in_one_file_are_all_reported(tmp_path: Path) -> None:
         f"{f}: line 8, descriptors[2].rate_limit.unit: "
         "should not specify rate limit unit when unlimited",
         f"{f}: line 12, descriptors[3].descriptors[0].rate_limit.algorithm: "
-        "invalid algorithm 'nope' (expected one of fixed_window, sliding_window, token_bucket)",
+        "invalid algorithm 'nope' (expected one of fixed_window, sliding_window, token_bucket, gcra)",
     ]
 
 

@@ -8,7 +8,7 @@ local function gcra(key, now, limit, period, burst, cost, always)
   local charge_anyway = always and cost > 0
   local need = math.max(cost, 1)
   if charge_anyway then need = 1 end
-  local allowed = tat + need * interval - capacity * interval <= now + TOLERANCE
+  local allowed = (tat - now) + (need - capacity) * interval <= RETRY_MARGIN_S / 2
   if allowed or charge_anyway then tat = tat + cost * interval end
   local ahead = tat - now
   local remaining = math.max(math.floor(capacity - ahead / interval + TOLERANCE), 0)
