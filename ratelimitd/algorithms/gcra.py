@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 
 from ratelimitd.algorithms.base import RETRY_MARGIN_S, TOLERANCE, Outcome, State
+from ratelimitd.model import Charge, Limit, LimitResult
 
 TIME_TOLERANCE_S = RETRY_MARGIN_S / 2
-from ratelimitd.model import Charge, Limit, LimitResult
 
 
 def step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
