@@ -98,6 +98,7 @@ class App:
                 quota_mode=settings.quota_mode,
                 response_dynamic_metadata=settings.response_dynamic_metadata,
                 backend_failure=settings.backend_failure,
+                local_replicas=settings.local_replicas,
                 near_limit_ratio=settings.near_limit_ratio,
                 detailed_metric_max_values=settings.detailed_metric_max_values,
                 bounds=Bounds(

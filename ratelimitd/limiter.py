@@ -8,6 +8,7 @@ batch, and builds one status per descriptor.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -16,6 +17,7 @@ from typing import Any
 
 from ratelimitd import metrics
 from ratelimitd.backends.base import Backend, CounterRequest, CounterResult
+from ratelimitd.backends.memory import MemoryBackend
 from ratelimitd.config.index import Match, RateLimitConfig
 from ratelimitd.errors import BackendError, InvalidRequest
 from ratelimitd.keys import counter_base
@@ -55,7 +57,8 @@ class LimiterOptions:
     shadow_mode: bool = False
     quota_mode: bool = False  # every rule in quota mode (upstream's QUOTA_MODE)
     response_dynamic_metadata: bool = False  # upstream's RESPONSE_DYNAMIC_METADATA
-    backend_failure: str = "error"  # error | allow | deny, when the backend fails
+    backend_failure: str = "error"  # error | allow | deny | local, when the backend fails
+    local_replicas: int = 1  # `local`: each replica counts 1/local_replicas of every limit
     near_limit_ratio: float = 0.8
     detailed_metric_max_values: int = 100
     bounds: Bounds = field(default_factory=lambda: Bounds())
@@ -105,6 +108,8 @@ class Limiter:
         self.rule_metrics = metrics.RuleMetrics(
             self.options.near_limit_ratio, self.options.detailed_metric_max_values
         )
+        # `local` failure mode: this process's own counters while the backend is away
+        self._local = MemoryBackend()
 
     async def should_rate_limit(self, request: Request) -> Decision:
         return await self.decide(self.prepare(request))
@@ -133,7 +138,7 @@ class Limiter:
             results = await self.backend.hit(counters)
         except BackendError as exc:
             metrics.BACKEND_ERRORS.labels(self.backend.name, exc.kind).inc()
-            return self._on_backend_failure(prepared.plans, exc)
+            return await self._on_backend_failure(prepared.plans, exc)
         self._decisions.inc(len(counters))
         return self._decision(prepared, iter(results))
 
@@ -147,16 +152,18 @@ class Limiter:
             results = iter(await self.backend.hit(counters) if counters else ())
         except BackendError as exc:
             metrics.BACKEND_ERRORS.labels(self.backend.name, exc.kind).inc()
-            return [self._failure_or_error(prepared, exc) for prepared in batch]
+            return [await self._failure_or_error(prepared, exc) for prepared in batch]
         if counters:
             self._decisions.inc(len(counters))
         return [self._decision(prepared, results) for prepared in batch]
 
-    def _failure_or_error(self, prepared: Prepared, exc: BackendError) -> Decision | BackendError:
+    async def _failure_or_error(
+        self, prepared: Prepared, exc: BackendError
+    ) -> Decision | BackendError:
         if not prepared.counters:
             return self._decision(prepared, iter(()))
         try:
-            return self._on_backend_failure(prepared.plans, exc)
+            return await self._on_backend_failure(prepared.plans, exc)
         except BackendError as error:
             return error
 
@@ -257,10 +264,10 @@ class Limiter:
             plans.append(_Planned(rule, limits, counter, descriptor.entries, tallies))
         return plans
 
-    def _on_backend_failure(self, plans: Sequence[_Planned], exc: BackendError) -> Decision:
+    async def _on_backend_failure(self, plans: Sequence[_Planned], exc: BackendError) -> Decision:
         """Each counted descriptor's rule says what to answer (`on_backend_failure`), else
         `RATELIMITD_BACKEND_FAILURE`: re-raise (error, which wins over the others), answer OK
-        (allow) or deny."""
+        (allow), deny, or count in this process (local)."""
         modes = [self._failure_mode(plan) for plan in plans]
         now = time.monotonic()
         if now - self._last_failure_log >= FAILURE_LOG_INTERVAL_S:  # one line a second, not a flood
@@ -268,14 +275,37 @@ class Limiter:
             log.warning("backend failure", kind=exc.kind, backend_failure=modes, error=str(exc))
         if "error" in modes:
             raise exc
-        # a retry is worth it once the limit's period is over, not at once
-        statuses = tuple(
-            Status(Code.OVER_LIMIT, plan.limits[0], 0, float(plan.limits[0].period))
-            if mode == "deny"
-            else Status(Code.OK)
-            for plan, mode in zip(plans, modes, strict=True)
+        local = {i: self._local_plan(plan) for i, plan in enumerate(plans) if modes[i] == "local"}
+        counted = [plan.counter for plan in local.values() if plan.counter is not None]
+        results = iter(await self._local.hit(counted) if counted else ())
+        statuses = []
+        for index, (plan, mode) in enumerate(zip(plans, modes, strict=True)):
+            if mode == "deny":  # a retry is worth it once the limit's period is over
+                statuses.append(
+                    Status(Code.OVER_LIMIT, plan.limits[0], 0, float(plan.limits[0].period))
+                )
+            elif mode == "local":
+                statuses.append(self._status(local[index], next(results)))
+            else:
+                statuses.append(Status(Code.OK))
+        over = any(status.code is Code.OVER_LIMIT for status in statuses)
+        return Decision(Code.OVER_LIMIT if over else Code.OK, tuple(statuses))
+
+    def _local_plan(self, plan: _Planned) -> _Planned:
+        """The plan with its limits divided among the replicas, on this process's counters."""
+        replicas = self.options.local_replicas
+        limits = tuple(
+            dataclasses.replace(
+                limit,
+                requests_per_unit=max(limit.requests_per_unit // replicas, 1),
+                burst=None if limit.burst is None else max(limit.burst // replicas, 1),
+            )
+            for limit in plan.limits
         )
-        return Decision(Code.OVER_LIMIT if "deny" in modes else Code.OK, statuses)
+        assert plan.counter is not None
+        return dataclasses.replace(
+            plan, limits=limits, counter=dataclasses.replace(plan.counter, limits=limits)
+        )
 
     def _failure_mode(self, plan: _Planned) -> str | None:
         """What a descriptor answers while the backend fails; None when it was not counted."""

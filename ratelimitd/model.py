@@ -69,7 +69,8 @@ _ALGORITHM_CODES = {
 
 # What a decision answers when the backend (Redis) cannot: RATELIMITD_BACKEND_FAILURE for the
 # service, `on_backend_failure` for one rule.
-BACKEND_FAILURE_MODES = ("error", "allow", "deny")
+# `local`: counted in this process, at the limit divided by RATELIMITD_LOCAL_REPLICAS.
+BACKEND_FAILURE_MODES = ("error", "allow", "deny", "local")
 
 
 class Window(enum.Enum):

@@ -37,6 +37,7 @@ class Settings:
     redis_tls_cert: str = ""
     redis_tls_key: str = ""
     backend_failure: str = "error"
+    local_replicas: int = 1  # replicas sharing the limits, for the `local` failure mode
     local_cache: bool = False
     admin_token: str = ""
     admin_token_file: str = ""
@@ -167,6 +168,7 @@ RANGES = {
     "detailed_metric_max_values": NOT_NEGATIVE,
     "shutdown_grace_s": NOT_NEGATIVE,
     "workers": Range(1, 1024, text="from 1 to 1024"),
+    "local_replicas": AT_LEAST_ONE,
     "max_message_bytes": Range(1, 2**31 - 1, text="from 1 to 2147483647"),
     "max_descriptors": AT_LEAST_ONE,
     "max_entries": AT_LEAST_ONE,

@@ -201,3 +201,49 @@ async def test_a_rule_fails_closed_or_open_whatever_the_service_does(
     assert isinstance(both, rls_pb2.RateLimitResponse) and both.overall_code == OVER
     assert [status.code for status in both.statuses] == [OK, OVER]
     redis_server.start()
+
+
+LOCAL = """
+domain: edge
+descriptors:
+  - key: route
+    value: search
+    on_backend_failure: local
+    rate_limit: {unit: minute, requests_per_unit: 4}
+"""
+
+
+async def test_local_mode_counts_in_process_at_a_share_of_the_limit_until_redis_returns(
+    start_server: StartServer, redis_server: RedisServer
+) -> None:
+    """With 2 replicas, each counts 4 / 2 = 2 a minute by itself while Redis is away; once
+    Redis answers again, the counting is Redis's."""
+    backend = RedisBackend(RedisOptions(url=redis_server.url, timeout_s=TIMEOUT_S))
+    app = await start_server(LOCAL, backend=backend, backend_failure="error", local_replicas=2)
+    stub = rls_pb2_grpc.RateLimitServiceStub(
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
+    )
+    search = rl_request([("route", "search")], domain="edge")
+    first = await stub.ShouldRateLimit(search, timeout=10)
+    assert first.overall_code == OK and first.statuses[0].limit_remaining == 3  # Redis's count
+
+    redis_server.kill()
+    local = [await stub.ShouldRateLimit(search, timeout=10) for _ in range(3)]
+    assert [reply.overall_code for reply in local] == [OK, OK, OVER]
+    assert local[0].statuses[0].current_limit.requests_per_unit == 2  # the replica's share
+    assert [reply.statuses[0].limit_remaining for reply in local] == [1, 0, 0]
+
+    redis_server.start()
+    await wait_for_redis(stub, search)
+    back = await stub.ShouldRateLimit(search, timeout=10)
+    assert back.statuses[0].current_limit.requests_per_unit == 4  # Redis's again
+
+
+async def wait_for_redis(stub: rls_pb2_grpc.RateLimitServiceStub, request: object) -> None:
+    """Until an answer carries the configured limit again (Redis counts)."""
+    for _ in range(100):
+        reply = await stub.ShouldRateLimit(request, timeout=10)
+        if reply.statuses[0].current_limit.requests_per_unit == 4:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("Redis never took the counting back")

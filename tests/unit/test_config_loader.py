@@ -968,12 +968,12 @@ def test_charge_always_needs_a_limit_that_pays_the_debt_off(tmp_path: Path) -> N
 def test_on_backend_failure_is_checked_and_described(tmp_path: Path) -> None:
     bad = write(
         tmp_path,
-        "domain: d\ndescriptors:\n  - key: k\n    on_backend_failure: local\n"
+        "domain: d\ndescriptors:\n  - key: k\n    on_backend_failure: maybe\n"
         "    rate_limit: {unit: second, requests_per_unit: 1}\n",
     )
     assert errors_of(bad) == [
-        f"{bad}: line 4, descriptors[0].on_backend_failure: invalid on_backend_failure 'local' "
-        "(expected one of error, allow, deny)"
+        f"{bad}: line 4, descriptors[0].on_backend_failure: invalid on_backend_failure 'maybe' "
+        "(expected one of error, allow, deny, local)"
     ]
     good = config_from_texts(
         [
