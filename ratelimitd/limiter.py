@@ -7,6 +7,7 @@ batch, and builds one status per descriptor.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import logging
@@ -143,29 +144,18 @@ class Limiter:
         return self._decision(prepared, iter(results))
 
     async def decide_many(self, batch: Sequence[Prepared]) -> list[Decision | BackendError]:
-        """Decides each of `batch` as `decide` would, with one call to the backend for all.
+        """Decides each of `batch` as `decide` would, all at once. Each request is one call to
+        the backend (its descriptors are charged all or nothing); the backend sends
+        concurrent calls together (Redis: one pipeline). A backend failure is each one's
+        `RATELIMITD_BACKEND_FAILURE` answer, or, in `error` mode, the error in its place."""
 
-        A backend failure is each one's `RATELIMITD_BACKEND_FAILURE` answer, or, in `error`
-        mode, the error itself in its place."""
-        counters = [counter for prepared in batch for counter in prepared.counters]
-        try:
-            results = iter(await self.backend.hit(counters) if counters else ())
-        except BackendError as exc:
-            metrics.BACKEND_ERRORS.labels(self.backend.name, exc.kind).inc()
-            return [await self._failure_or_error(prepared, exc) for prepared in batch]
-        if counters:
-            self._decisions.inc(len(counters))
-        return [self._decision(prepared, results) for prepared in batch]
+        async def one(prepared: Prepared) -> Decision | BackendError:
+            try:
+                return await self.decide(prepared)
+            except BackendError as exc:
+                return exc
 
-    async def _failure_or_error(
-        self, prepared: Prepared, exc: BackendError
-    ) -> Decision | BackendError:
-        if not prepared.counters:
-            return self._decision(prepared, iter(()))
-        try:
-            return await self._on_backend_failure(prepared.plans, exc)
-        except BackendError as error:
-            return error
+        return list(await asyncio.gather(*(one(prepared) for prepared in batch)))
 
     def _decision(self, prepared: Prepared, results: Iterator[CounterResult]) -> Decision:
         """One status per plan, taking the next of `results` for each plan with a counter."""
@@ -255,8 +245,14 @@ class Limiter:
                 continue
             cost = request.hits_addend if descriptor.hits_addend is None else descriptor.hits_addend
             base = counter_base(self.options.key_prefix, request.domain, match.counter_entries)
-            counter = CounterRequest(base, limits, cost)
             rule = match.rule
+            binding = not (
+                rule.shadow_mode
+                or rule.quota_mode
+                or self.options.shadow_mode
+                or self.options.quota_mode
+            )
+            counter = CounterRequest(base, limits, cost, binding)
             detail = (
                 "_".join(value for _, value in descriptor.entries) if rule.detailed_metric else ""
             )

@@ -19,6 +19,9 @@ class CounterRequest:
     base: str
     limits: tuple[Limit, ...]
     cost: int
+    # Whether its denial denies the whole call (then nothing of the call is charged). Not for a
+    # descriptor in shadow or quota mode, whose being over its limit lets the request through.
+    binding: bool = True
 
     def key(self, limit: Limit) -> str:
         return f"{self.base}:{limit.counter_id}"

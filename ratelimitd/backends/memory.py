@@ -46,9 +46,23 @@ class MemoryBackend:
         now = self._clock.now()
         if now >= self._next_sweep:
             self._reclaim(now)
-        return [self._hit_one(request, now) for request in requests]
+        before: dict[str, Entry | None] = {}  # what if_fits commits changed, as it was
+        results = [self._hit_one(request, now, before) for request in requests]
+        binding = zip(requests, results, strict=True)
+        if before and not all(result.allowed for request, result in binding if request.binding):
+            self._roll_back(before)  # one descriptor denied: the call charges nothing
+        return results
 
-    def _hit_one(self, request: CounterRequest, now: float) -> CounterResult:
+    def _roll_back(self, before: dict[str, Entry | None]) -> None:
+        for key, entry in before.items():
+            if entry is None:
+                self._counters.pop(key, None)
+            else:
+                self._counters[key] = entry
+
+    def _hit_one(
+        self, request: CounterRequest, now: float, before: dict[str, Entry | None]
+    ) -> CounterResult:
         counters = self._counters
         outcomes = []
         for limit in request.limits:
@@ -63,6 +77,8 @@ class MemoryBackend:
                 if not (allowed or limit.charge is Charge.ALWAYS):
                     continue  # a denied descriptor charges its `if_fits` limits nothing
                 entry = counters.get(key)
+                if limit.charge is Charge.IF_FITS and key not in before:
+                    before[key] = entry
                 if entry is None or math.ceil(entry[0]) != math.ceil(outcome.expires_at):
                     self._schedule(key, outcome.expires_at)
                 counters[key] = (intern(outcome.expires_at), *map(intern, outcome.state))

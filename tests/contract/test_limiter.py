@@ -188,12 +188,27 @@ async def test_colliding_concatenations_stay_apart(limiter: Limiter) -> None:
 
 
 async def test_a_descriptor_sent_twice_in_one_request_counts_twice(limiter: Limiter) -> None:
+    """The second sees the first's charge; it is denied, so the request charges nothing."""
     twice = request("app", [("ip", "dup")], [("ip", "dup")], hits=2)
     decision = await limiter.should_rate_limit(twice)
     assert [s.code for s in decision.statuses] == [Code.OK, Code.OVER_LIMIT]
     assert [s.remaining for s in decision.statuses] == [1, 1]
     one = await limiter.should_rate_limit(request("app", [("ip", "dup")], hits=1))
-    assert one.overall is Code.OK and one.statuses[0].remaining == 0
+    assert one.overall is Code.OK and one.statuses[0].remaining == 2
+    fits = await limiter.should_rate_limit(request("app", [("ip", "dup")], [("ip", "dup")]))
+    assert fits.overall is Code.OK and [s.remaining for s in fits.statuses] == [1, 0]
+
+
+async def test_a_denied_request_charges_none_of_its_descriptors(limiter: Limiter) -> None:
+    """envoyproxy/ratelimit#1060: when one descriptor denies, the others are not charged."""
+    ip_then_login = request("app", [("ip", "w")], [("route", "login"), ("ip", "w")], hits=3)
+    assert (await limiter.should_rate_limit(ip_then_login)).overall is Code.OK  # 3 of 3, 3 of 5
+    again = await limiter.should_rate_limit(ip_then_login)  # ip: 3 more does not fit
+    assert again.overall is Code.OVER_LIMIT
+    login = await limiter.should_rate_limit(
+        request("app", [("route", "login"), ("ip", "w")], hits=2)
+    )
+    assert login.overall is Code.OK and login.statuses[0].remaining == 0  # 2 of the 5 were left
 
 
 async def test_concurrent_calls_admit_exactly_the_limit(limiter: Limiter) -> None:

@@ -78,6 +78,7 @@ def test_script_args_and_reply() -> None:
         2,
         2,
         2,
+        1,  # binding: its denial denies the call
         "token_bucket",
         10,
         1,
@@ -88,6 +89,7 @@ def test_script_args_and_reply() -> None:
         86400,
         1000,
         1,  # charge: always
+        1,
         1,
         1,
         "fixed_window",

@@ -67,7 +67,7 @@ def script_args(requests: Sequence[CounterRequest], now: str) -> list[Any]:
     """The hit script's ARGV for the descriptors of one call (see lua/hit.lua)."""
     args: list[Any] = [now, len(requests)]
     for request in requests:
-        args += [request.cost, len(request.limits)]
+        args += [request.cost, len(request.limits), 1 if request.binding else 0]
         for limit in request.limits:
             args += [
                 script_step(limit),
@@ -255,7 +255,26 @@ class RedisBackend:
             metrics.LOCAL_CACHE_HITS.inc(len(requests) - sum(map(len, groups.values())))
             for request, result in zip(requests, done, strict=True):
                 self.cache.put(request, result, now)
+        await self._give_back_if_denied(requests, done)
         return done
+
+    async def _give_back_if_denied(
+        self, requests: Sequence[CounterRequest], results: Sequence[CounterResult]
+    ) -> None:
+        """When the call's descriptors went apart (Cluster slots, the local cache) and one was
+        denied, what the others were charged is given back (their `if_fits` limits): the call
+        charges nothing, as the one script does on a single node. Meanwhile a concurrent call
+        may see those counts: it can be denied for them, never admitted past a limit."""
+        pairs = list(zip(requests, results, strict=True))
+        if all(result.allowed for request, result in pairs if request.binding):
+            return
+        back = []
+        for request, result in pairs:
+            if_fits = tuple(limit for limit in request.limits if limit.charge is Charge.IF_FITS)
+            if result.allowed and request.cost > 0 and if_fits:
+                back.append(CounterRequest(request.base, if_fits, request.cost))
+        if back:
+            await self.refund(back, self.now())
 
     async def _wait(
         self, futures: list[asyncio.Future[list[CounterResult]]]
