@@ -46,7 +46,8 @@ class MemoryBackend:
         now = self._clock.now()
         if now >= self._next_sweep:
             self._reclaim(now)
-        before: dict[str, Entry | None] = {}  # what if_fits commits changed, as it was
+        # what if_fits commits changed, as it was (one descriptor alone needs none)
+        before: dict[str, Entry | None] | None = {} if len(requests) > 1 else None
         results = [self._hit_one(request, now, before) for request in requests]
         binding = zip(requests, results, strict=True)
         if before and not all(result.allowed for request, result in binding if request.binding):
@@ -61,7 +62,7 @@ class MemoryBackend:
                 self._counters[key] = entry
 
     def _hit_one(
-        self, request: CounterRequest, now: float, before: dict[str, Entry | None]
+        self, request: CounterRequest, now: float, before: dict[str, Entry | None] | None
     ) -> CounterResult:
         counters = self._counters
         outcomes = []
@@ -77,7 +78,7 @@ class MemoryBackend:
                 if not (allowed or limit.charge is Charge.ALWAYS):
                     continue  # a denied descriptor charges its `if_fits` limits nothing
                 entry = counters.get(key)
-                if limit.charge is Charge.IF_FITS and key not in before:
+                if before is not None and limit.charge is Charge.IF_FITS and key not in before:
                     before[key] = entry
                 if entry is None or math.ceil(entry[0]) != math.ceil(outcome.expires_at):
                     self._schedule(key, outcome.expires_at)

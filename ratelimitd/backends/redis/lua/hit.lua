@@ -23,9 +23,11 @@ local key = 0
 local arg = 3
 local denied = false
 -- each counter an if_fits commit touches, as it was before: restored if a descriptor is denied
+-- (one descriptor alone needs none: denied, it commits nothing)
 local before, touched = {}, {}
+local several = tonumber(ARGV[2]) > 1
 local function remember(counter)
-  if before[counter] == nil then
+  if several and before[counter] == nil then
     before[counter] = {redis.call('HGETALL', counter), redis.call('PTTL', counter)}
     touched[#touched + 1] = counter
   end
