@@ -25,7 +25,12 @@ def step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
     else:
         count = _carried(state, window, period, capacity)
     allowed, count = _charge(limit, count, cost)
-    return _outcome(window, count, allowed, now, limit)
+    if count <= capacity:  # no debt (the usual case): the window's end frees it, ends the key
+        window_end = window + period
+        return Outcome(
+            (window, count), LimitResult(allowed, capacity - count, window_end - now), window_end
+        )
+    return _in_debt(window, count, allowed, now, limit)
 
 
 def first_hit_step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
@@ -45,7 +50,12 @@ def first_hit_step(state: State | None, now: float, limit: Limit, cost: int) -> 
         if not (count and cost):  # nothing charged: no window (a probe, or a cost never fitting)
             return Outcome((now, 0), LimitResult(allowed, capacity - count, 0.0), now)
         start = now  # the first admitted hit opens the window
-    return _outcome(start, count, allowed, now, limit)
+    if count <= capacity:
+        window_end = start + period
+        return Outcome(
+            (start, count), LimitResult(allowed, capacity - count, window_end - now), window_end
+        )
+    return _in_debt(start, count, allowed, now, limit)
 
 
 def _charge(limit: Limit, count: int, cost: int) -> tuple[bool, int]:
@@ -58,14 +68,11 @@ def _charge(limit: Limit, count: int, cost: int) -> tuple[bool, int]:
     return allowed, count + cost if allowed else count
 
 
-def _outcome(window: float, count: int, allowed: bool, now: float, limit: Limit) -> Outcome:
+def _in_debt(window: float, count: int, allowed: bool, now: float, limit: Limit) -> Outcome:
+    """A count past the limit: the window ends until one unit fits again, and until nothing
+    is owed (when the key can go)."""
     period, capacity = limit.period, limit.requests_per_unit
     window_end = window + period
-    if count <= capacity:  # no debt: the window's end frees it, and ends the key
-        return Outcome(
-            (window, count), LimitResult(allowed, capacity - count, window_end - now), window_end
-        )
-    # window ends until one unit fits again, and until nothing is owed (when the key can go)
     per_window = capacity or 1  # (a debt needs a limit of 1 at least: the config says so)
     admits_in = max(1, math.ceil((count + 1 - capacity) / per_window))
     paid_in = math.ceil(count / per_window)
