@@ -46,8 +46,9 @@ class MemoryBackend:
         now = self._clock.now()
         if now >= self._next_sweep:
             self._reclaim(now)
-        # what if_fits commits changed, as it was (one descriptor alone needs none)
-        before: dict[str, Entry | None] | None = {} if len(requests) > 1 else None
+        if len(requests) == 1:  # the usual call: denied, it committed nothing to roll back
+            return [self._hit_one(requests[0], now, None)]
+        before: dict[str, Entry | None] = {}  # what if_fits commits changed, as it was
         results = [self._hit_one(request, now, before) for request in requests]
         binding = zip(requests, results, strict=True)
         if before and not all(result.allowed for request, result in binding if request.binding):
