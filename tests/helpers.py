@@ -32,3 +32,14 @@ async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "the condition never came true"
         await asyncio.sleep(0.005)
+
+
+async def away_from_window_edge(period: int, margin: float = 5.0) -> None:
+    """Sleeps past the next epoch-aligned window boundary when fewer than `margin` s are left.
+
+    A test that counts up to a limit and then reads the time to reset would otherwise
+    fail when it runs in the last moments of a window (CI once ran one at 04:59:59.8).
+    """
+    left = period - time.time() % period
+    if left < margin:
+        await asyncio.sleep(left + 0.05)
