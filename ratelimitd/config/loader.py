@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import yaml
 
+from ratelimitd.config.environment import expand_environment
 from ratelimitd.config.index import RateLimitConfig, build_domain
 from ratelimitd.config.schema import DomainDocument, ErrorList, parse_document
 from ratelimitd.errors import ConfigError
@@ -61,15 +63,24 @@ def load_config(paths: Iterable[str | Path]) -> RateLimitConfig:
 
 
 def config_from_texts(
-    sources: list[tuple[str, str]], errors: list[str] | None = None
+    sources: list[tuple[str, str]],
+    errors: list[str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> RateLimitConfig:
-    """Builds one config from `(file name, text)` pairs; raises `ConfigError`."""
+    """Builds one config from `(file name, text)` pairs; raises `ConfigError`.
+
+    `${VAR}` references are expanded from `environ` (the process's environment by
+    default); the values read are part of the content hash.
+    """
     errors = list(errors or [])
+    environ = os.environ if environ is None else environ
     documents: list[tuple[str, DomainDocument]] = []
     digest = hashlib.sha256()
     for file, text in sources:
         digest.update(file.encode() + b"\0" + text.encode("utf-8", "surrogatepass") + b"\0")
-        file_errors, file_documents = parse_text(file, text)
+        file_errors, file_documents, used = parse_text(file, text, environ)
+        for name, value in sorted(used.items()):
+            digest.update(f"${name}={value}".encode("utf-8", "surrogatepass") + b"\0")
         errors.extend(file_errors)
         documents.extend((file, document) for document in file_documents)
 
@@ -95,24 +106,32 @@ def config_from_texts(
     )
 
 
-def parse_text(file: str, text: str) -> tuple[list[str], list[DomainDocument]]:
-    """Every error in one file's text, and its valid domain documents."""
+ParsedText = tuple[list[str], list[DomainDocument], dict[str, str | None]]
+
+
+def parse_text(file: str, text: str, environ: Mapping[str, str]) -> ParsedText:
+    """Every error in one file's text, its valid domain documents, and the variables read."""
     errors = ErrorList(file)
     documents: list[DomainDocument] = []
+    used: dict[str, str | None] = {}
     try:
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.YAMLError as exc:
-        return [f"{file}: error loading config file: {_one_line(exc)}"], []
+        return [f"{file}: error loading config file: {_one_line(exc)}"], [], used
     except RecursionError:
-        return [f"{file}: error loading config file: nested too deeply"], []
+        return [f"{file}: error loading config file: nested too deeply"], [], used
     real = [node for node in nodes if node is not None and not _is_empty_document(node)]
     if not real:
         errors.items.append(f"{file}: config file cannot have empty domain")
     for node in real:
+        before = len(errors.items)
+        used.update(expand_environment(node, environ, errors))
+        if len(errors.items) > before:
+            continue  # the unexpanded text would only add confusing errors
         document = parse_document(node, errors)
         if document is not None:
             documents.append(document)
-    return errors.items, documents if not errors.items else []
+    return errors.items, documents if not errors.items else [], used
 
 
 def _is_empty_document(node: yaml.Node) -> bool:

@@ -267,7 +267,9 @@ async def test_local_cache_answers_denials_without_a_round_trip(
         replies = [await stub.ShouldRateLimit(req) for _ in range(50)]
         assert all(reply.overall_code == OVER for reply in replies)
         assert backend.round_trips == trips
-        assert 0 < replies[-1].statuses[0].duration_until_reset.ToTimedelta().total_seconds() <= 3600
+        assert (
+            0 < replies[-1].statuses[0].duration_until_reset.ToTimedelta().total_seconds() <= 3600
+        )
         # another key still goes to Redis
         assert (await stub.ShouldRateLimit(rl_request([("tight", "other")]))).overall_code == OK
         assert backend.round_trips == trips + 1
