@@ -124,6 +124,9 @@ class Limit:
     name: str = ""
     charge: Charge = Charge.IF_FITS
     window: Window = Window.ALIGNED  # fixed windows only
+    # `calendar: true` (fixed windows only): the IANA zone whose calendar days, weeks, months
+    # or years are the windows (calendar_windows.py); None: fixed lengths on the epoch's grid
+    time_zone: str | None = None
     # Worked out once (every decision reads them): the window length, or full refill time, in
     # seconds; and what tells apart the counters of several limits on one descriptor (it leaves
     # out `requests_per_unit`, so raising or lowering a limit keeps the count).
@@ -135,7 +138,8 @@ class Limit:
         object.__setattr__(self, "period", period)
         first_hit = self.window is Window.FIRST_HIT and self.algorithm is Algorithm.FIXED_WINDOW
         code = "fh" if first_hit else _ALGORITHM_CODES[self.algorithm]
-        object.__setattr__(self, "counter_id", f"{code}{period}")
+        zone = f"@{self.time_zone}" if self.time_zone is not None else ""
+        object.__setattr__(self, "counter_id", f"{code}{period}{zone}")
 
     @property
     def capacity(self) -> int:

@@ -1,6 +1,9 @@
 """Fixed window: at most `requests_per_unit` per window aligned to the epoch or, with
 `window: first_hit`, per window that starts at a key's first admitted hit.
 
+With `calendar: true` the windows are calendar days, weeks, months or years in a time zone
+(`calendar_step`), and the state holds the window's index instead of its start.
+
 Under `charge: always` the count may pass the limit (a debt): each window end then pays off
 one window's worth (`requests_per_unit`), so a debt of D delays the next admission by about
 D / requests_per_unit windows. Without a debt every window starts at zero.
@@ -10,13 +13,18 @@ from __future__ import annotations
 
 import math
 
+from ratelimitd import calendar_windows
 from ratelimitd.algorithms.base import Outcome, State
+from ratelimitd.calendar_windows import Span
 from ratelimitd.model import Charge, Limit, LimitResult, Window
 
 
 def step(state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
     if limit.window is Window.FIRST_HIT:
         return first_hit_step(state, now, limit, cost)
+    if limit.time_zone is not None:
+        span = calendar_windows.span_at(now, limit.unit, limit.time_zone)
+        return calendar_step(span, state, now, limit, cost)
     period = limit.period
     window = now - now % period
     capacity = limit.requests_per_unit
@@ -56,6 +64,31 @@ def first_hit_step(state: State | None, now: float, limit: Limit, cost: int) -> 
             (start, count), LimitResult(allowed, capacity - count, window_end - now), window_end
         )
     return _in_debt(start, count, allowed, now, limit)
+
+
+def calendar_step(span: Span, state: State | None, now: float, limit: Limit, cost: int) -> Outcome:
+    """A calendar window from `span` (the twin of `fixed_window_calendar` in the Lua, which
+    gets the same span and picks by Redis's clock); state (window index, count). A debt pays
+    off one limit's worth per window end, as on the epoch's grid."""
+    capacity = limit.requests_per_unit
+    index, window_end = span.locate(now)
+    count = 0
+    if state is not None:
+        ends = index - int(state[0])
+        count = int(state[1]) if ends == 0 else max(int(state[1]) - ends * capacity, 0)
+        count = count if ends >= 0 else 0
+    allowed, count = _charge(limit, count, cost)
+    if count <= capacity:
+        return Outcome(
+            (index, count), LimitResult(allowed, capacity - count, window_end - now), window_end
+        )
+    admits_in = max(1, math.ceil((count + 1 - capacity) / capacity))
+    paid_in = math.ceil(count / capacity)
+    return Outcome(
+        (index, count),
+        LimitResult(allowed, 0, span.end_of(index + admits_in - 1) - now),
+        span.kept_until(index + paid_in - 1),
+    )
 
 
 def _charge(limit: Limit, count: int, cost: int) -> tuple[bool, int]:
@@ -101,6 +134,12 @@ def refund(
     if state is None:
         return None
     period = limit.period
+    if limit.time_zone is not None:
+        span = calendar_windows.span_at(now, limit.unit, limit.time_zone)
+        index = span.locate(now)[0]
+        if state[0] != index or span.locate(charged_at)[0] != index:
+            return None
+        return (index, max(int(state[1]) - amount, 0))
     if limit.window is Window.FIRST_HIT:
         start = state[0]
         if not start <= charged_at < start + period or now >= start + period:

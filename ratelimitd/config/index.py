@@ -159,6 +159,8 @@ def describe_rule(rule: Rule) -> str:
                 part += f", burst {limit.burst}"
             if limit.window is Window.FIRST_HIT:
                 part += ", from the first hit"
+            if limit.time_zone is not None:
+                part += f", calendar {limit.time_zone}"
             if limit.charge is Charge.ALWAYS:
                 part += ", charge always"
             part += ")"

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from ratelimitd import calendar_windows
 from ratelimitd.model import BACKEND_FAILURE_MODES, Algorithm, Charge, Limit, Rule, Unit, Window
 
 _STR = "tag:yaml.org,2002:str"
@@ -49,6 +50,8 @@ LIMIT_KEYS = frozenset(
         "burst",
         "charge",
         "window",
+        "calendar",
+        "time_zone",
     }
 )
 UNIT_NAMES = ", ".join(unit.name.lower() for unit in Unit)
@@ -410,7 +413,15 @@ def _limit(
     elif not unlimited:
         errors.add(node, where, f"rate limit unit is required (one of {UNIT_NAMES})")
     if unlimited:
-        for extra in ("algorithm", "burst", "unit_multiplier", "charge", "window"):
+        for extra in (
+            "algorithm",
+            "burst",
+            "unit_multiplier",
+            "charge",
+            "window",
+            "calendar",
+            "time_zone",
+        ):
             if extra in fields:
                 errors.add(
                     fields[extra][0],
@@ -455,9 +466,10 @@ def _limit(
         )
     charge = _charge(fields, where, requests, errors)
     window = _window(fields, where, algorithm, errors)
+    time_zone = _calendar(fields, where, (unit, multiplier, algorithm, window), errors)
     if len(errors.items) > before or unit is None or requests is None:
         return None
-    limit = Limit(requests, unit, multiplier, algorithm, burst, name, charge, window)
+    limit = Limit(requests, unit, multiplier, algorithm, burst, name, charge, window, time_zone)
     return limit, False, replaces
 
 
@@ -497,6 +509,43 @@ def _window(
             fields["window"][0], f"{where}.window", "window is only for algorithm fixed_window"
         )
     return window
+
+
+def _calendar(
+    fields: dict[str, tuple[yaml.Node, yaml.Node]],
+    where: str,
+    shape: tuple[Unit | None, int, Algorithm, Window],
+    errors: ErrorList,
+) -> str | None:
+    """`calendar: true` with `time_zone: NAME` (default UTC): the time zone whose calendar
+    aligns the windows, or None for windows of fixed length on the epoch's grid."""
+    calendar = "calendar" in fields and _bool(fields["calendar"][1], f"{where}.calendar", errors)
+    if "time_zone" in fields and not calendar:
+        errors.add(fields["time_zone"][0], f"{where}.time_zone", "time_zone needs calendar: true")
+    if not calendar:
+        return None
+    key = fields["calendar"][0]
+    unit, multiplier, algorithm, window = shape
+    if unit is not None and unit not in calendar_windows.CALENDAR_UNITS:
+        names = ", ".join(unit.name.lower() for unit in calendar_windows.CALENDAR_UNITS)
+        errors.add(key, f"{where}.calendar", f"calendar: true needs a unit of {names}")
+    if algorithm is not Algorithm.FIXED_WINDOW or window is not Window.ALIGNED:
+        errors.add(key, f"{where}.calendar", "calendar is only for an aligned fixed_window")
+    if multiplier != 1:
+        errors.add(key, f"{where}.calendar", "calendar: true needs unit_multiplier 1")
+    if "time_zone" not in fields:
+        return "UTC"
+    node = fields["time_zone"][1]
+    name = _text(node, f"{where}.time_zone", errors) or ""
+    try:
+        calendar_windows.zone(name)
+    except ValueError:
+        errors.add(
+            node,
+            f"{where}.time_zone",
+            f"unknown time zone '{name}' (an IANA name such as Europe/Paris or UTC)",
+        )
+    return name
 
 
 def _charge(

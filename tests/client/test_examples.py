@@ -200,9 +200,13 @@ async def test_api_tiers_each_key_has_its_own_bucket_and_bad_keys_are_limited_pe
     assert health.status_code == 200 and "RateLimit-Limit" not in health.headers
     # the key itself was never sent: only its hash has a counter
     digest = hashlib.sha256(b"free-a").hexdigest()[:32]
-    [hashed] = await client.peek("api_tiers", [[("tier", "free"), ("api_key", digest)]])
-    [raw] = await client.peek("api_tiers", [[("tier", "free"), ("api_key", "free-a")]])
-    assert (hashed.remaining, raw.remaining) == (0, 100)
+    hashed = await client.peek("api_tiers", [[("tier", "free"), ("api_key", digest)]])
+    raw = await client.peek("api_tiers", [[("tier", "free"), ("api_key", "free-a")]])
+    assert {state.name: state.remaining for state in hashed} == {
+        "free": 0,
+        "free_monthly": 10_000 - 100,  # the calendar month's quota counts every admitted call
+    }
+    assert {state.name: state.remaining for state in raw} == {"free": 100, "free_monthly": 10_000}
 
 
 # 3. Endpoint classes -----------------------------------------------------------------------

@@ -39,8 +39,10 @@ traffic = st.lists(
 )
 
 
-async def replay(url: str, limit_set: tuple[Limit, ...], hits: list[tuple[float, int]]) -> None:
-    memory_clock, redis_clock = FakeClock(T0), FakeClock(T0)
+async def replay(
+    url: str, limit_set: tuple[Limit, ...], hits: list[tuple[float, int]], start: float = T0
+) -> None:
+    memory_clock, redis_clock = FakeClock(start), FakeClock(start)
     memory = MemoryBackend(memory_clock)
     redis = RedisBackend(RedisOptions(url=url, timeout_s=5.0), clock=redis_clock)
     base = f"twin{next(_runs)}:{{k}}"

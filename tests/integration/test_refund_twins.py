@@ -43,19 +43,24 @@ steps = st.lists(
 
 
 async def replay(
-    url: str, limit_set: tuple[Limit, ...], script: list[tuple[float, int, float]]
+    url: str,
+    limit_set: tuple[Limit, ...],
+    script: list[tuple[float, int, float]],
+    start: float = T0,
+    scale: float = 1.0,
 ) -> None:
-    memory_clock, redis_clock = FakeClock(T0), FakeClock(T0)
+    """Runs `script`, its times multiplied by `scale`, from `start`."""
+    memory_clock, redis_clock = FakeClock(start), FakeClock(start)
     memory = MemoryBackend(memory_clock)
     redis = RedisBackend(RedisOptions(url=url, timeout_s=5.0), clock=redis_clock)
     base = f"refund{next(_runs)}:{{k}}"
     try:
         for gap, amount, back in script:
-            memory_clock.advance(gap)
-            redis_clock.advance(gap)
+            memory_clock.advance(gap * scale)
+            redis_clock.advance(gap * scale)
             if amount < 0:
                 refund = CounterRequest(base, limit_set, -amount)
-                charged_at = memory_clock.now() - back
+                charged_at = memory_clock.now() - back * scale
                 await memory.refund([refund], charged_at)
                 await redis.refund([refund], charged_at)
                 amount = 0  # then look: both must agree on what the refund left
@@ -80,3 +85,32 @@ def test_refund_lua_matches_python(
     script: list[tuple[float, int, float]],
 ) -> None:
     asyncio.run(replay(redis_server_session.url, limit_set, script))
+
+
+calendar_limits = st.builds(
+    Limit,
+    requests_per_unit=st.integers(1, 20),
+    unit=st.sampled_from([Unit.DAY, Unit.MONTH]),
+    charge=st.sampled_from(list(Charge)),
+    time_zone=st.sampled_from(["UTC", "Europe/Paris", "America/Santiago"]),
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(calendar_limits, min_size=1, max_size=2, unique_by=lambda limit: limit.counter_id).map(
+        tuple
+    ),
+    steps,
+    st.sampled_from([1_774_720_800.0, 1_788_566_400.0, 1_803_769_200.0]),  # before DST, month end
+)
+def test_refund_lua_matches_python_on_calendar_windows(
+    redis_server_session: RedisServer,
+    limit_set: tuple[Limit, ...],
+    script: list[tuple[float, int, float]],
+    start: float,
+) -> None:
+    """Times in hours: refunds that reach back over a calendar day's end, or not."""
+    asyncio.run(replay(redis_server_session.url, limit_set, script, start=start, scale=3600))

@@ -31,7 +31,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -286,8 +286,10 @@ class RedisServer:
         startup_timeout: float = 10.0,
         name: str = "redis",
         port_factory: Callable[[], int] = free_port,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.binary = binary if binary is not None else find_server_binary()
+        self.env = dict(env or {})  # added to this process's environment (libfaketime's, say)
         self._fixed_port = port is not None
         self._port_factory = port_factory
         self.port: int = port if port is not None else port_factory()
@@ -450,6 +452,7 @@ class RedisServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, **self.env},
             )
         with _LIVE_LOCK:
             _LIVE.add(self)

@@ -26,8 +26,8 @@ DESCRIPTOR_KEYS = (
     "rate_limits, shadow_mode, share_threshold, value, value_to_metric"
 )
 LIMIT_KEYS = (
-    "algorithm, burst, charge, name, replaces, requests_per_unit, unit, unit_multiplier, "
-    "unlimited, window"
+    "algorithm, burst, calendar, charge, name, replaces, requests_per_unit, time_zone, unit, "
+    "unit_multiplier, unlimited, window"
 )
 
 
@@ -985,3 +985,65 @@ def test_on_backend_failure_is_checked_and_described(tmp_path: Path) -> None:
         ]
     )
     assert good.describe_rules() == ["d.k: 1 per second (fixed_window) [on backend failure: deny]"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "where", "message"),
+    [
+        (
+            "unit: hour, calendar: true",
+            "calendar",
+            "calendar: true needs a unit of day, week, month, year",
+        ),
+        ("unit: day, calendar: 1", "calendar", "expected true or false, got '1'"),
+        ("unit: day, time_zone: UTC", "time_zone", "time_zone needs calendar: true"),
+        (
+            "unit: month, calendar: true, time_zone: Europe/Pariss",
+            "time_zone",
+            "unknown time zone 'Europe/Pariss' (an IANA name such as Europe/Paris or UTC)",
+        ),
+        (
+            "unit: month, calendar: true, time_zone: ../../etc/passwd",
+            "time_zone",
+            "unknown time zone '../../etc/passwd' (an IANA name such as Europe/Paris or UTC)",
+        ),
+        (
+            "unit: month, calendar: true, algorithm: token_bucket",
+            "calendar",
+            "calendar is only for an aligned fixed_window",
+        ),
+        (
+            "unit: day, calendar: true, window: first_hit",
+            "calendar",
+            "calendar is only for an aligned fixed_window",
+        ),
+        (
+            "unit: day, calendar: true, unit_multiplier: 2",
+            "calendar",
+            "calendar: true needs unit_multiplier 1",
+        ),
+    ],
+)
+def test_calendar_keys_are_checked(tmp_path: Path, fields: str, where: str, message: str) -> None:
+    f = write(
+        tmp_path,
+        f"domain: d\ndescriptors:\n  - key: k\n    rate_limit: {{requests_per_unit: 1, {fields}}}\n",
+    )
+    assert errors_of(f) == [f"{f}: line 4, descriptors[0].rate_limit.{where}: {message}"]
+
+
+def test_calendar_windows_are_described_and_keyed_apart(tmp_path: Path) -> None:
+    f = write(
+        tmp_path,
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limits:\n"
+        "      - {unit: month, requests_per_unit: 10000, calendar: true, time_zone: Europe/Paris}\n"
+        "      - {unit: month, requests_per_unit: 20000}\n"
+        "      - {unit: year, requests_per_unit: 90000, calendar: true}\n",
+    )
+    config = load_config([f])
+    assert config.describe_rules() == [
+        "d.k: 10000 per month (fixed_window, calendar Europe/Paris) and 20000 per month "
+        "(fixed_window) and 90000 per year (fixed_window, calendar UTC)"
+    ]
+    limits = one_rule(f).limits
+    assert len({limit.counter_id for limit in limits}) == 3

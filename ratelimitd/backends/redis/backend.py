@@ -23,7 +23,7 @@ from redis.exceptions import ClusterDownError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ratelimitd import metrics
+from ratelimitd import calendar_windows, metrics
 from ratelimitd.backends.base import CounterRequest, CounterResult
 from ratelimitd.backends.batching import Batcher, BatchTimeout
 from ratelimitd.backends.redis.client import (
@@ -58,9 +58,33 @@ REFUND_SCRIPT = "\n".join(
 
 def script_step(limit: Limit) -> str:
     """The Lua function of hit.lua that counts `limit`."""
-    if limit.window is Window.FIRST_HIT and limit.algorithm is Algorithm.FIXED_WINDOW:
-        return "fixed_window_first_hit"
+    if limit.algorithm is Algorithm.FIXED_WINDOW:
+        if limit.window is Window.FIRST_HIT:
+            return "fixed_window_first_hit"
+        if limit.time_zone is not None:
+            return "fixed_window_calendar"
     return limit.algorithm.value
+
+
+def period_argument(limit: Limit, now: str) -> int | str:
+    """The period the scripts get: seconds, or for a calendar window the span around the
+    service's clock (`now`, or the wall clock when Redis's own is used)."""
+    if limit.time_zone is None:
+        return limit.period
+    at = float(now) if now else time.time()
+    return calendar_windows.span_at(at, limit.unit, limit.time_zone).as_argument()
+
+
+def calendar_renewal(requests: Sequence[CounterRequest]) -> float | None:
+    """When the calendar spans in these requests' arguments move on (the start of the next
+    window by the wall clock), or None when there are none."""
+    ends = [
+        calendar_windows.span_at(time.time(), limit.unit, limit.time_zone).bounds[2]
+        for request in requests
+        for limit in request.limits
+        if limit.time_zone is not None
+    ]
+    return min(ends, default=None)
 
 
 def script_args(requests: Sequence[CounterRequest], now: str) -> list[Any]:
@@ -72,7 +96,7 @@ def script_args(requests: Sequence[CounterRequest], now: str) -> list[Any]:
             args += [
                 script_step(limit),
                 limit.requests_per_unit,
-                limit.period,
+                period_argument(limit, now),
                 limit.capacity,
                 1 if limit.charge is Charge.ALWAYS else 0,
             ]
@@ -224,7 +248,8 @@ class RedisBackend:
         self._commands = metrics.BACKEND_COMMANDS.labels(self.name)
         self.round_trips = 0
         self.commands = 0
-        self._packs: dict[int, tuple[tuple[CounterRequest, ...], str, bytes]] = {}
+        # id(script) -> (script, SHA, RESP bytes, when calendar spans in them move on)
+        self._packs: dict[int, tuple[tuple[CounterRequest, ...], str, bytes, float | None]] = {}
 
     async def hit(self, requests: Sequence[CounterRequest]) -> list[CounterResult]:
         if self.cache is None and not self.cluster:  # the common case: one node, no cache
@@ -347,17 +372,22 @@ class RedisBackend:
         A call's counters come again and again, as one tuple, from the prepared-request memo,
         and packing is most of a round trip's Python cost. Keyed by identity, holding the
         tuple so that its id cannot be reused while the entry lives; a fake clock's `now` is
-        never remembered.
+        never remembered, and a calendar window's span only until the next window starts.
         """
         if now:
             return pack([self._command(script, now)])
         entry = self._packs.get(id(script))
-        if entry is not None and entry[0] is script and entry[1] == self._sha:
+        if (
+            entry is not None
+            and entry[0] is script
+            and entry[1] == self._sha
+            and (entry[3] is None or time.time() < entry[3])
+        ):
             return entry[2]
         packed = pack([self._command(script, now)])
         if len(self._packs) >= MAX_PACKED:
             self._packs.clear()
-        self._packs[id(script)] = (script, self._sha, packed)
+        self._packs[id(script)] = (script, self._sha, packed, calendar_renewal(script))
         return packed
 
     async def _pipeline(self, scripts: Sequence[tuple[CounterRequest, ...]], now: str) -> list[Any]:
@@ -437,7 +467,12 @@ class RedisBackend:
             keys = [request.key(limit) for limit in request.limits]
             args: list[Any] = [now, request.cost, repr(charged_at)]
             for limit in request.limits:
-                args += [script_step(limit), limit.requests_per_unit, limit.period, limit.capacity]
+                args += [
+                    script_step(limit),
+                    limit.requests_per_unit,
+                    period_argument(limit, now),
+                    limit.capacity,
+                ]
             commands.append(("EVAL", REFUND_SCRIPT, len(keys), *keys, *args))
         if commands:
             await self._execute(commands)

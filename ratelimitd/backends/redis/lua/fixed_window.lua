@@ -77,3 +77,40 @@ local function fixed_window_first_hit(key, now, limit, period, burst, cost, alwa
   end
   return allowed, math.max(limit - count, 0), window_end + (admits_in - 1) * period - now, commit
 end
+
+-- Calendar windows (`calendar: true`): the twin of calendar_step in
+-- ratelimitd/algorithms/fixed_window.py. `period` is the span the service sent (prelude.lua);
+-- state: hash {w = window index, c = count}.
+local function fixed_window_calendar(key, now, limit, period, burst, cost, always)
+  local span = calendar_span(period)
+  local index, window_end = calendar_locate(span, now)
+  local stored = redis.call('HMGET', key, 'w', 'c')
+  local count = 0
+  local same_window = false
+  if stored[1] then
+    local ends = index - tonumber(stored[1])
+    if ends == 0 then
+      same_window = true
+      count = tonumber(stored[2])
+    elseif ends > 0 then
+      count = math.max(tonumber(stored[2]) - ends * limit, 0)
+    end
+  end
+  local allowed
+  allowed, count = fixed_charge(count, limit, cost, always)
+  local admits_in, paid_in = 1, 1
+  if count > limit then  -- a debt (charge always needs a limit of 1 at least)
+    admits_in = math.max(1, math.ceil((count + 1 - limit) / limit))
+    paid_in = math.ceil(count / limit)
+  end
+  local function commit()
+    if same_window and paid_in == 1 then
+      redis.call('HINCRBY', key, 'c', cost)
+    else
+      redis.call('HSET', key, 'w', index, 'c', count)
+      local expires_at = calendar_kept_until(span, index + paid_in - 1)
+      redis.call('PEXPIRE', key, math.max(math.ceil((expires_at - now) * 1000), 1))
+    end
+  end
+  return allowed, math.max(limit - count, 0), calendar_end_of(span, index + admits_in - 1) - now, commit
+end

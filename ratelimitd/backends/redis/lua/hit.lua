@@ -3,7 +3,8 @@
 --   descriptor, whose keys share one hash tag).
 -- ARGV: now ('' = Redis's own clock), the number of descriptors, then per descriptor: cost,
 --   number of limits, whether its denial denies the call (1; 0 for shadow and quota mode),
---   then per limit: algorithm, limit, period, burst, charge (1 = always).
+--   then per limit: algorithm, limit, period (for a calendar window, its span: prelude.lua),
+--   burst, charge (1 = always).
 -- The call's descriptors are charged all or nothing: when one is denied, what the others were
 -- charged is rolled back (their counters as they were), but a limit whose charge is `always`
 -- is charged whatever the others say.
@@ -13,6 +14,7 @@ local now = script_now(ARGV[1])
 local steps = {
   fixed_window = fixed_window,
   fixed_window_first_hit = fixed_window_first_hit,
+  fixed_window_calendar = fixed_window_calendar,
   sliding_window = sliding_window,
   token_bucket = token_bucket,
   gcra = gcra,
@@ -47,7 +49,7 @@ for _ = 1, tonumber(ARGV[2]) do
     counters[index] = KEYS[key]
     always[index] = ARGV[arg + 4] == '1'
     local allowed, remaining, reset_after, commit = steps[ARGV[arg]](
-      KEYS[key], now, tonumber(ARGV[arg + 1]), tonumber(ARGV[arg + 2]), tonumber(ARGV[arg + 3]),
+      KEYS[key], now, tonumber(ARGV[arg + 1]), period_argument(ARGV[arg + 2]), tonumber(ARGV[arg + 3]),
       cost, always[index])
     arg = arg + 5
     if not allowed then reply[head] = 0 end

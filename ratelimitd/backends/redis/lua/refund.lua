@@ -10,10 +10,20 @@ local charged_at = tonumber(ARGV[3])
 for index, key in ipairs(KEYS) do
   local at = 4 + (index - 1) * 4
   local step, limit = ARGV[at], tonumber(ARGV[at + 1])
-  local period, burst = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
-  local window = now - math.fmod(now, period)
-  local charged = charged_at - math.fmod(charged_at, period)
-  if step == 'fixed_window' then
+  local period, burst = period_argument(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  local window, charged
+  if type(period) == 'number' then
+    window = now - math.fmod(now, period)
+    charged = charged_at - math.fmod(charged_at, period)
+  end
+  if step == 'fixed_window_calendar' then
+    local span = calendar_span(period)
+    local index = calendar_locate(span, now)
+    local stored = redis.call('HMGET', key, 'w', 'c')
+    if stored[1] and tonumber(stored[1]) == index and calendar_locate(span, charged_at) == index then
+      redis.call('HSET', key, 'c', math.max(tonumber(stored[2]) - amount, 0))
+    end
+  elseif step == 'fixed_window' then
     local stored = redis.call('HMGET', key, 'w', 'c')
     if stored[1] and tonumber(stored[1]) == window and charged == window then
       redis.call('HSET', key, 'c', math.max(tonumber(stored[2]) - amount, 0))
