@@ -25,6 +25,7 @@ from ratelimitd.clock import Clock
 from ratelimitd.config import RateLimitConfig, load_config
 from ratelimitd.config.reloader import ConfigReloader
 from ratelimitd.errors import BackendError
+from ratelimitd.leases import Leases
 from ratelimitd.limiter import Bounds, Limiter, LimiterOptions
 from ratelimitd.logs import get_logger
 from ratelimitd.loops import loop_name
@@ -174,11 +175,13 @@ class App:
         register_service(
             server,
             RESERVATIONS_SERVICE,
-            ReservationsServicer(Reservations(self.limiter)),
+            ReservationsServicer(Reservations(self.limiter), Leases(self.limiter)),
             {
                 "Reserve": (admin_pb2.ReserveRequest, admin_pb2.ReserveResponse),
                 "Commit": (admin_pb2.CommitRequest, admin_pb2.SettleResponse),
                 "Refund": (admin_pb2.RefundRequest, admin_pb2.SettleResponse),
+                "Acquire": (admin_pb2.AcquireRequest, admin_pb2.AcquireResponse),
+                "Release": (admin_pb2.ReleaseRequest, admin_pb2.ReleaseResponse),
             },
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

@@ -150,6 +150,18 @@ class Limit:
 
 
 @dataclass(frozen=True, slots=True)
+class ConcurrencyLimit:
+    """`algorithm: concurrency`: at most `max_in_flight` leases held at once on a key, each
+    ending when released or after `lease_ttl_s` (leases.py). Only `Acquire` takes one; a
+    decision (`ShouldRateLimit`) does not count it, as nothing would ever release it."""
+
+    max_in_flight: int
+    lease_ttl_s: float
+    name: str = ""
+    counter_id: str = "cc"  # the key's suffix: one set of leases per descriptor
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     """What one config node says about the descriptors that end on it."""
 
@@ -163,6 +175,7 @@ class Rule:
     replaces: frozenset[str] = frozenset()
     metadata: Any = None
     on_backend_failure: str | None = None  # one of BACKEND_FAILURE_MODES; None: the service's
+    concurrency: ConcurrencyLimit | None = None  # leases, apart from `limits` (which it is not in)
 
     @property
     def names(self) -> frozenset[str]:

@@ -50,6 +50,14 @@ class Backend(Protocol):
         `charged_at` (a reservation settled below its estimate)."""
         ...
 
+    async def acquire(self, leases: Sequence[LeaseRequest], lease: str) -> list[LeaseResult]:
+        """Adds `lease` to every key when each has room, else to none (leases.py)."""
+        ...
+
+    async def release(self, keys: Sequence[str], lease: str) -> int:
+        """Ends `lease` on `keys`; returns on how many it was still held."""
+        ...
+
     def now(self) -> float:
         """The time the counters are kept in, as well as it is known here (Redis counts by
         its own clock; this host's is near it)."""
@@ -69,3 +77,20 @@ class Backend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRequest:
+    """A lease on one key (leases.py): at most `max_in_flight` held there at once, each for
+    `ttl_s` seconds unless released sooner."""
+
+    key: str
+    max_in_flight: int
+    ttl_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseResult:
+    allowed: bool
+    in_flight: int  # leases held on the key after the call (this one included when allowed)
+    retry_after: float  # when denied: until the first held lease there ends by its TTL

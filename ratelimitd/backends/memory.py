@@ -17,7 +17,8 @@ import math
 from collections.abc import Sequence
 
 from ratelimitd.algorithms import REFUNDS, STEPS
-from ratelimitd.backends.base import CounterRequest, CounterResult
+from ratelimitd.backends.base import CounterRequest, CounterResult, LeaseRequest, LeaseResult
+from ratelimitd.backends.lease_table import LeaseTable
 from ratelimitd.clock import Clock, SystemClock
 from ratelimitd.model import Charge
 
@@ -38,6 +39,7 @@ class MemoryBackend:
         self._next_sweep = math.inf
         self._floats: dict[float, float] = {}
         self._values: dict[str, tuple[float, str]] = {}  # key -> (expires at, value)
+        self._leases = LeaseTable()
 
     def __len__(self) -> int:
         return len(self._counters)
@@ -135,6 +137,12 @@ class MemoryBackend:
                 refunded = REFUNDS[limit.algorithm](entry[1:], now, limit, request.cost, charged_at)
                 if refunded is not None:
                     self._counters[key] = (entry[0], *refunded)
+
+    async def acquire(self, leases: Sequence[LeaseRequest], lease: str) -> list[LeaseResult]:
+        return self._leases.acquire(leases, lease, self._clock.now())
+
+    async def release(self, keys: Sequence[str], lease: str) -> int:
+        return self._leases.release(keys, lease, self._clock.now())
 
     def now(self) -> float:
         return self._clock.now()

@@ -167,6 +167,12 @@ def describe_rule(rule: Rule) -> str:
             if limit.name:
                 part += f" name={limit.name}"
             parts.append(part)
+        if rule.concurrency is not None:
+            lease = rule.concurrency
+            part = (
+                f"{lease.max_in_flight} in flight (concurrency, leases of {lease.lease_ttl_s:g} s)"
+            )
+            parts.append(part + (f" name={lease.name}" if lease.name else ""))
         text = " and ".join(parts) if parts else "no limit"
     if rule.shadow_mode:
         text += " [shadow]"

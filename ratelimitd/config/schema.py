@@ -8,13 +8,23 @@ strings. Every problem in a file is collected; nothing stops at the first one.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import yaml
 
 from ratelimitd import calendar_windows
-from ratelimitd.model import BACKEND_FAILURE_MODES, Algorithm, Charge, Limit, Rule, Unit, Window
+from ratelimitd.model import (
+    BACKEND_FAILURE_MODES,
+    Algorithm,
+    Charge,
+    ConcurrencyLimit,
+    Limit,
+    Rule,
+    Unit,
+    Window,
+)
 
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
@@ -52,10 +62,17 @@ LIMIT_KEYS = frozenset(
         "window",
         "calendar",
         "time_zone",
+        "max_in_flight",
+        "lease_ttl_s",
     }
 )
+# `algorithm: concurrency` takes these and no others
+CONCURRENCY_KEYS = frozenset({"algorithm", "name", "max_in_flight", "lease_ttl_s"})
+CONCURRENCY = "concurrency"
+DEFAULT_LEASE_TTL_S = 60.0
+MAX_LEASE_TTL_S = 86_400.0
 UNIT_NAMES = ", ".join(unit.name.lower() for unit in Unit)
-ALGORITHM_NAMES = ", ".join(algorithm.value for algorithm in Algorithm)
+ALGORITHM_NAMES = ", ".join([*(algorithm.value for algorithm in Algorithm), CONCURRENCY])
 MAX_REQUESTS_PER_UNIT = 2**32 - 1
 # Deeper than any real descriptor (Envoy sends a handful of entries; requests allow 32).
 MAX_DEPTH = 32
@@ -278,6 +295,7 @@ def _descriptor(
     unlimited = False
     replaces: set[str] = set()
     has_rule = False
+    concurrency: ConcurrencyLimit | None = None
     if "rate_limit" in fields:
         has_rule = True
         parsed = _limit(
@@ -286,11 +304,15 @@ def _descriptor(
         if parsed is not None:
             limit, unlimited, names = parsed
             replaces |= names
-            if limit is not None:
+            if isinstance(limit, ConcurrencyLimit):
+                concurrency = limit
+            elif limit is not None:
                 limits.append(limit)
     elif "rate_limits" in fields:
         has_rule = True
-        limits, replaces = _limit_list(fields["rate_limits"][1], f"{where}.rate_limits", errors)
+        limits, replaces, concurrency = _limit_list(
+            fields["rate_limits"][1], f"{where}.rate_limits", errors
+        )
 
     own_names = {limit.name for limit in limits if limit.name}
     for name in sorted(own_names & replaces):
@@ -320,6 +342,7 @@ def _descriptor(
             replaces=frozenset(replaces),
             metadata=metadata,
             on_backend_failure=on_failure,
+            concurrency=concurrency,
         )
     return DescriptorNode(key, value, rule, share_threshold, children)
 
@@ -344,14 +367,17 @@ def _on_backend_failure(
     return text
 
 
-def _limit_list(node: yaml.Node, where: str, errors: ErrorList) -> tuple[list[Limit], set[str]]:
+def _limit_list(
+    node: yaml.Node, where: str, errors: ErrorList
+) -> tuple[list[Limit], set[str], ConcurrencyLimit | None]:
     if not isinstance(node, yaml.SequenceNode) or not node.value:
         got = "an empty list" if isinstance(node, yaml.SequenceNode) else _kind(node)
         errors.add(node, where, f"expected a non-empty list of limits, got {got}")
-        return [], set()
+        return [], set(), None
     limits: list[Limit] = []
     replaces: set[str] = set()
     seen: dict[str, int] = {}
+    concurrency: ConcurrencyLimit | None = None
     for index, item in enumerate(node.value):
         item_where = f"{where}[{index}]"
         parsed = _limit(item, item_where, errors, allow_unlimited=False)
@@ -359,6 +385,11 @@ def _limit_list(node: yaml.Node, where: str, errors: ErrorList) -> tuple[list[Li
             continue
         limit, _, names = parsed
         if limit is None:
+            continue
+        if isinstance(limit, ConcurrencyLimit):
+            if concurrency is not None:
+                errors.add(item, item_where, "a second concurrency limit; a rule has one at most")
+            concurrency = limit
             continue
         replaces |= names
         if limit.counter_id in seen:
@@ -371,17 +402,23 @@ def _limit_list(node: yaml.Node, where: str, errors: ErrorList) -> tuple[list[Li
             continue
         seen[limit.counter_id] = index
         limits.append(limit)
-    return limits, replaces
+    return limits, replaces, concurrency
 
 
 def _limit(
     node: yaml.Node, where: str, errors: ErrorList, allow_unlimited: bool
-) -> tuple[Limit | None, bool, set[str]] | None:
+) -> tuple[Limit | ConcurrencyLimit | None, bool, set[str]] | None:
     before = len(errors.items)
     allowed = LIMIT_KEYS if allow_unlimited else LIMIT_KEYS - {"unlimited"}
+    if _is_concurrency(node):
+        concurrency = _concurrency(node, where, errors)
+        return (concurrency, False, set()) if concurrency is not None else None
     fields = _mapping(node, where, allowed, errors)
     if fields is None:
         return None
+    for key in ("max_in_flight", "lease_ttl_s"):
+        if key in fields:
+            errors.add(fields[key][0], f"{where}.{key}", f"{key} is only for algorithm concurrency")
     unlimited = "unlimited" in fields and _bool(
         fields["unlimited"][1], f"{where}.unlimited", errors
     )
@@ -471,6 +508,51 @@ def _limit(
         return None
     limit = Limit(requests, unit, multiplier, algorithm, burst, name, charge, window, time_zone)
     return limit, False, replaces
+
+
+def _is_concurrency(node: yaml.Node) -> bool:
+    """Whether `node` is a map that says `algorithm: concurrency`."""
+    if not isinstance(node, yaml.MappingNode):
+        return False
+    return any(
+        _scalar_text(key) == "algorithm"
+        and (_scalar_text(value) or "").strip().lower() == CONCURRENCY
+        for key, value in node.value
+    )
+
+
+def _concurrency(node: yaml.Node, where: str, errors: ErrorList) -> ConcurrencyLimit | None:
+    """`{algorithm: concurrency, max_in_flight: N, lease_ttl_s: T}` (T defaults to 60 s)."""
+    before = len(errors.items)
+    fields = _mapping(node, where, CONCURRENCY_KEYS, errors)
+    if fields is None:
+        return None
+    name = _text(fields["name"][1], f"{where}.name", errors) or "" if "name" in fields else ""
+    most = None
+    if "max_in_flight" in fields:
+        most = _int(fields["max_in_flight"][1], f"{where}.max_in_flight", errors, 1)
+    else:
+        errors.add(node, where, "max_in_flight is required for algorithm concurrency")
+    ttl = DEFAULT_LEASE_TTL_S
+    if "lease_ttl_s" in fields:
+        ttl = _seconds(fields["lease_ttl_s"][1], f"{where}.lease_ttl_s", errors, MAX_LEASE_TTL_S)
+    if len(errors.items) > before or most is None:
+        return None
+    return ConcurrencyLimit(most, ttl, name)
+
+
+def _seconds(node: yaml.Node, where: str, errors: ErrorList, most: float) -> float:
+    """A number of seconds, more than 0 and at most `most`."""
+    text = _scalar_text(node) if isinstance(node, yaml.ScalarNode) and node.tag != _STR else None
+    try:
+        seconds = float(text) if text is not None else math.nan
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= most:  # also false for NaN
+        errors.add(
+            node, where, f"expected seconds, more than 0 and at most {most:g}, got {_kind(node)}"
+        )
+    return seconds
 
 
 E = TypeVar("E", bound=enum.Enum)

@@ -1,5 +1,6 @@
 """ratelimitd's own `RateLimitReservations` service: Reserve, Commit and Refund
-(reservations.py), with no token, as Envoy's RateLimitService."""
+(reservations.py), Acquire and Release (leases.py), with no token, as Envoy's
+RateLimitService."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import grpc
 
 from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2 as pb
 from ratelimitd._proto.ratelimitd.v1 import ratelimitd_pb2_grpc as pb_grpc
+from ratelimitd.leases import Leases
 from ratelimitd.model import Descriptor
 from ratelimitd.reservations import DEFAULT_TTL_S, Reservations
 from ratelimitd.services.admin_service import duration
@@ -17,8 +19,9 @@ SERVICE_NAME = "ratelimitd.v1.RateLimitReservations"
 
 
 class ReservationsServicer(pb_grpc.RateLimitReservationsServicer):
-    def __init__(self, reservations: Reservations) -> None:
+    def __init__(self, reservations: Reservations, leases: Leases) -> None:
         self.reservations = reservations
+        self.leases = leases
 
     async def Reserve(
         self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext
@@ -27,13 +30,9 @@ class ReservationsServicer(pb_grpc.RateLimitReservationsServicer):
         ttl = (
             request.ttl.ToTimedelta().total_seconds() if request.HasField("ttl") else DEFAULT_TTL_S
         )
-        descriptors = tuple(
-            Descriptor(tuple((entry.key, entry.value) for entry in descriptor.entries))
-            for descriptor in request.descriptors
-        )
         async with grpc_status(context):
             reserved = await self.reservations.reserve(
-                request.domain, descriptors, request.estimate, ttl
+                request.domain, descriptors_of(request), request.estimate, ttl
             )
         return pb.ReserveResponse(
             id=reserved.id, allowed=reserved.allowed, retry_after=duration(reserved.retry_after)
@@ -54,3 +53,31 @@ class ReservationsServicer(pb_grpc.RateLimitReservationsServicer):
         async with grpc_status(context):
             charged = await self.reservations.refund(request.id)
         return pb.SettleResponse(charged=charged)
+
+    async def Acquire(
+        self, request: pb.AcquireRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AcquireResponse:
+        await refuse_malformed(request, context)
+        async with grpc_status(context):
+            lease = await self.leases.acquire(request.domain, descriptors_of(request))
+        return pb.AcquireResponse(
+            id=lease.id,
+            allowed=lease.allowed,
+            retry_after=duration(lease.retry_after),
+            ttl=duration(lease.ttl_s),
+        )
+
+    async def Release(
+        self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReleaseResponse:
+        await refuse_malformed(request, context)
+        async with grpc_status(context):
+            released = await self.leases.release(request.id)
+        return pb.ReleaseResponse(released=released)
+
+
+def descriptors_of(request: pb.ReserveRequest | pb.AcquireRequest) -> tuple[Descriptor, ...]:
+    return tuple(
+        Descriptor(tuple((entry.key, entry.value) for entry in descriptor.entries))
+        for descriptor in request.descriptors
+    )

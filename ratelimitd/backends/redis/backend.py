@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ratelimitd import calendar_windows, metrics
-from ratelimitd.backends.base import CounterRequest, CounterResult
+from ratelimitd.backends.base import CounterRequest, CounterResult, LeaseRequest, LeaseResult
 from ratelimitd.backends.batching import Batcher, BatchTimeout
 from ratelimitd.backends.redis.client import (
     RedisOptions,
@@ -33,6 +33,7 @@ from ratelimitd.backends.redis.client import (
     make_client,
     tls_context,
 )
+from ratelimitd.backends.redis.leases import acquire_command, parse_acquire, release_command
 from ratelimitd.backends.redis.resp import RespConnection, endpoint_from_url, pack
 from ratelimitd.clock import Clock
 from ratelimitd.errors import BackendError
@@ -476,6 +477,26 @@ class RedisBackend:
             commands.append(("EVAL", REFUND_SCRIPT, len(keys), *keys, *args))
         if commands:
             await self._execute(commands)
+
+    async def acquire(self, leases: Sequence[LeaseRequest], lease: str) -> list[LeaseResult]:
+        """One script for every key; on a Cluster, whose keys live in different slots, one
+        script per key, and what was taken is given back when any key had no room."""
+        now = repr(self._clock.now()) if self._clock is not None else ""
+        if not self.cluster or len(leases) <= 1:
+            (reply,) = await self._execute([acquire_command(leases, lease, now)])
+            return parse_acquire(reply)
+        replies = await self._execute([acquire_command((one,), lease, now) for one in leases])
+        results = [parse_acquire(reply)[0] for reply in replies]
+        if not all(result.allowed for result in results):
+            taken = [one.key for one, result in zip(leases, results, strict=True) if result.allowed]
+            await self._execute([release_command((key,), lease, now) for key in taken])
+        return results
+
+    async def release(self, keys: Sequence[str], lease: str) -> int:
+        now = repr(self._clock.now()) if self._clock is not None else ""
+        groups = [keys] if not self.cluster else [(key,) for key in keys]
+        replies = await self._execute([release_command(group, lease, now) for group in groups])
+        return sum(int(reply) for reply in replies)
 
     def now(self) -> float:
         return self._clock.now() if self._clock is not None else time.time()

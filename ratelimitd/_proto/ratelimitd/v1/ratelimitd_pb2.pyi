@@ -11,6 +11,38 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class AcquireRequest(_message.Message):
+    __slots__ = ("domain", "descriptors")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTORS_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    descriptors: _containers.RepeatedCompositeFieldContainer[Descriptor]
+    def __init__(self, domain: _Optional[str] = ..., descriptors: _Optional[_Iterable[_Union[Descriptor, _Mapping]]] = ...) -> None: ...
+
+class AcquireResponse(_message.Message):
+    __slots__ = ("id", "allowed", "retry_after", "ttl")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    allowed: bool
+    retry_after: _duration_pb2.Duration
+    ttl: _duration_pb2.Duration
+    def __init__(self, id: _Optional[str] = ..., allowed: _Optional[bool] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ReleaseResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: bool
+    def __init__(self, released: _Optional[bool] = ...) -> None: ...
+
 class ReserveRequest(_message.Message):
     __slots__ = ("domain", "descriptors", "estimate", "ttl")
     DOMAIN_FIELD_NUMBER: _ClassVar[int]

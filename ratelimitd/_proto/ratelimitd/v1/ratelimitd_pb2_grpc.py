@@ -301,6 +301,16 @@ class RateLimitReservationsStub:
                 request_serializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.RefundRequest.SerializeToString,
                 response_deserializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.SettleResponse.FromString,
                 _registered_method=True)
+        self.Acquire = channel.unary_unary(
+                '/ratelimitd.v1.RateLimitReservations/Acquire',
+                request_serializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.AcquireRequest.SerializeToString,
+                response_deserializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.AcquireResponse.FromString,
+                _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/ratelimitd.v1.RateLimitReservations/Release',
+                request_serializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.ReleaseResponse.FromString,
+                _registered_method=True)
 
 
 class RateLimitReservationsServicer:
@@ -332,6 +342,22 @@ class RateLimitReservationsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Acquire(self, request, context):
+        """Takes a lease on every descriptor that a concurrency rule (`algorithm: concurrency`)
+        matches, when each has room; a lease that is not allowed holds nothing. Descriptors that
+        match no concurrency rule hold nothing either (and do not deny).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
+        """Ends a lease before its TTL does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RateLimitReservationsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -349,6 +375,16 @@ def add_RateLimitReservationsServicer_to_server(servicer, server):
                     servicer.Refund,
                     request_deserializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.RefundRequest.FromString,
                     response_serializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.SettleResponse.SerializeToString,
+            ),
+            'Acquire': grpc.unary_unary_rpc_method_handler(
+                    servicer.Acquire,
+                    request_deserializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.AcquireRequest.FromString,
+                    response_serializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.AcquireResponse.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.ReleaseRequest.FromString,
+                    response_serializer=ratelimitd_dot_v1_dot_ratelimitd__pb2.ReleaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -435,6 +471,60 @@ class RateLimitReservations:
             '/ratelimitd.v1.RateLimitReservations/Refund',
             ratelimitd_dot_v1_dot_ratelimitd__pb2.RefundRequest.SerializeToString,
             ratelimitd_dot_v1_dot_ratelimitd__pb2.SettleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Acquire(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ratelimitd.v1.RateLimitReservations/Acquire',
+            ratelimitd_dot_v1_dot_ratelimitd__pb2.AcquireRequest.SerializeToString,
+            ratelimitd_dot_v1_dot_ratelimitd__pb2.AcquireResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ratelimitd.v1.RateLimitReservations/Release',
+            ratelimitd_dot_v1_dot_ratelimitd__pb2.ReleaseRequest.SerializeToString,
+            ratelimitd_dot_v1_dot_ratelimitd__pb2.ReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,
