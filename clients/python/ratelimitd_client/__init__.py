@@ -20,6 +20,7 @@ from ratelimitd_client._core import (
     ServiceUnavailable,
     Unauthenticated,
 )
+from ratelimitd_client._leases import Lease
 from ratelimitd_client._reservations import Reservation
 from ratelimitd_client._sync import RateLimitClient
 
@@ -35,6 +36,7 @@ __all__ = [
     "Failure",
     "FailureMode",
     "InvalidRequest",
+    "Lease",
     "LimitState",
     "RateLimit",
     "RateLimitClient",

@@ -34,6 +34,12 @@ from ratelimitd_client._core import (
     translate_error,
 )
 from ratelimitd_client._failures import FailureLog
+from ratelimitd_client._leases import (
+    Lease,
+    acquire_request,
+    lease_from_response,
+    release_request,
+)
 from ratelimitd_client._proto.ratelimitd.v1 import ratelimitd_pb2 as admin_pb
 from ratelimitd_client._proto.ratelimitd.v1 import ratelimitd_pb2_grpc as admin_grpc
 from ratelimitd_client._reservations import (
@@ -257,6 +263,54 @@ class AsyncRateLimitClient:
                     await self.refund(reserved)
                 else:
                     await self.commit(reserved, reserved.actual)
+
+    async def acquire(
+        self,
+        domain: str,
+        descriptors: Sequence[DescriptorLike],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, also sent to the server
+    ) -> Lease:
+        """Takes a place on every descriptor a concurrency rule (`algorithm: concurrency`)
+        matches, when each has room; `release` it when the work is done, or it ends by the
+        rule's `lease_ttl_s`. A lease that is not allowed holds nothing."""
+        request = acquire_request(domain, descriptors)
+        try:
+            response = await self._channel().reservations.Acquire(
+                request, timeout=self.options.timeout_for(timeout)
+            )
+        except grpc.RpcError as exc:
+            raise translate_error(exc) from exc
+        return lease_from_response(response)
+
+    async def release(
+        self,
+        lease_or_id: Lease | str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, also sent to the server
+    ) -> bool:
+        """Ends the lease; whether it was still held (not released before, nor ended by TTL)."""
+        request = release_request(lease_or_id)
+        try:
+            response = await self._channel().reservations.Release(
+                request, timeout=self.options.timeout_for(timeout)
+            )
+        except grpc.RpcError as exc:
+            raise translate_error(exc) from exc
+        return bool(response.released)
+
+    @contextlib.asynccontextmanager
+    async def lease(
+        self, domain: str, descriptors: Sequence[DescriptorLike]
+    ) -> AsyncIterator[Lease]:
+        """`async with client.lease(...) as lease: if lease.allowed: ...`: acquires on entry,
+        releases on exit (also when the block raised)."""
+        acquired = await self.acquire(domain, descriptors)
+        try:
+            yield acquired
+        finally:
+            if acquired.allowed:
+                await self.release(acquired)
 
     async def connect(self, timeout: float = 2.0) -> bool:  # noqa: ASYNC109 - returns False
         """Connects now (e.g. in the app's lifespan startup) so that the first check does not pay

@@ -11,6 +11,7 @@ A denial is a 429 with `{"error": "rate_limited", "retry_after": N}`, `Retry-Aft
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -38,7 +39,15 @@ from ratelimitd_client._builders import (
     route_template,
     state,
 )
-from ratelimitd_client._core import Decision, check_arguments, most_restrictive
+from ratelimitd_client._core import (
+    Decision,
+    DescriptorLike,
+    RateLimitError,
+    ServiceUnavailable,
+    check_arguments,
+    failure_decision,
+    most_restrictive,
+)
 from ratelimitd_client._reservations import Reservation
 
 __all__ = [
@@ -57,6 +66,7 @@ __all__ = [
     "build_descriptors",
     "denial_response",
     "header",
+    "in_flight_denial",
     "method",
     "rate_limit",
     "rate_limit_exceeded_handler",
@@ -80,6 +90,15 @@ def denial_response(decision: Decision) -> Response:
         {"error": "rate_limited", "retry_after": decision.retry_after},
         status_code=429,
         headers=decision.headers(),
+    )
+
+
+def in_flight_denial() -> Response:
+    """429 for a request with no place left among its key's `max_in_flight`."""
+    return JSONResponse(
+        {"error": "too_many_in_flight", "retry_after": 1},
+        status_code=429,
+        headers={"Retry-After": "1"},
     )
 
 
@@ -180,6 +199,14 @@ class RateLimitMiddleware:
     when one of its builders has no value, and a request with no descriptors is not checked.
     Paths in `exclude` (exact, or a prefix when ending in `*`) are passed through untouched:
     nothing is built, hashed or sent. WebSocket and lifespan traffic is passed through.
+
+    With `concurrency=True` the request also takes a lease on the same descriptors (their
+    rules' `algorithm: concurrency`) and holds it for the life of the response, to the last
+    chunk of a streaming one, or until the client goes away; it is released then, and ends by
+    its TTL if the release cannot be sent. A request with no place left is answered 429 with
+    `{"error": "too_many_in_flight", "retry_after": 1}`: a place frees when a request in
+    flight ends, which no one can tell in advance. When ratelimitd cannot be reached, the
+    client's failure mode decides, as for checks.
     """
 
     def __init__(
@@ -191,6 +218,7 @@ class RateLimitMiddleware:
         descriptors: DescriptorSource,
         hits: int = 1,
         exclude: Iterable[str] = (),
+        concurrency: bool = False,
     ) -> None:
         check_arguments(domain, hits)
         check_source(descriptors)
@@ -199,6 +227,7 @@ class RateLimitMiddleware:
         self.domain = domain
         self.descriptors = descriptors
         self.hits = hits
+        self.concurrency = concurrency
         patterns = list(exclude)
         self._exact = frozenset(p for p in patterns if not p.endswith("*"))
         self._prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
@@ -217,7 +246,32 @@ class RateLimitMiddleware:
             if not decision.allowed:
                 await denial_response(decision)(scope, receive, send)
                 return
+            if self.concurrency:
+                await self._with_lease(descriptors, scope, receive, send)
+                return
         await self.app(scope, receive, _stamping(scope, send))
+
+    async def _with_lease(
+        self, descriptors: list[DescriptorLike], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Runs the app holding a lease on `descriptors`, released when the response ends."""
+        try:
+            lease = await self.client.acquire(self.domain, descriptors)
+        except ServiceUnavailable as error:
+            failed = failure_decision(self.client.options, error)
+            if not failed.allowed:
+                await denial_response(failed)(scope, receive, send)
+                return
+            await self.app(scope, receive, _stamping(scope, send))
+            return
+        if not lease.allowed:
+            await in_flight_denial()(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, _stamping(scope, send))
+        finally:
+            with contextlib.suppress(RateLimitError):  # it ends by its TTL then
+                await self.client.release(lease)
 
 
 def rate_limit(
