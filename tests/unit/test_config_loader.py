@@ -26,8 +26,8 @@ DESCRIPTOR_KEYS = (
     "rate_limits, shadow_mode, share_threshold, value, value_to_metric"
 )
 LIMIT_KEYS = (
-    "algorithm, burst, calendar, charge, name, replaces, requests_per_unit, time_zone, unit, "
-    "unit_multiplier, unlimited, window"
+    "algorithm, burst, calendar, charge, lease_ttl_s, max_in_flight, name, replaces, "
+    "requests_per_unit, time_zone, unit, unit_multiplier, unlimited, window"
 )
 
 
@@ -522,7 +522,7 @@ def test_unknown_algorithm(tmp_path: Path) -> None:
     )
     assert errors_of(f) == [
         f"{f}: line 4, descriptors[0].rate_limit.algorithm: invalid algorithm 'leaky_bucket' "
-        "(expected one of fixed_window, sliding_window, token_bucket, gcra)"
+        "(expected one of fixed_window, sliding_window, token_bucket, gcra, concurrency)"
     ]
 
 
@@ -853,7 +853,7 @@ def test_several_errors_in_one_file_are_all_reported(tmp_path: Path) -> None:
         f"{f}: line 8, descriptors[2].rate_limit.unit: "
         "should not specify rate limit unit when unlimited",
         f"{f}: line 12, descriptors[3].descriptors[0].rate_limit.algorithm: "
-        "invalid algorithm 'nope' (expected one of fixed_window, sliding_window, token_bucket, gcra)",
+        "invalid algorithm 'nope' (expected one of fixed_window, sliding_window, token_bucket, gcra, concurrency)",
     ]
 
 
@@ -1047,3 +1047,70 @@ def test_calendar_windows_are_described_and_keyed_apart(tmp_path: Path) -> None:
     ]
     limits = one_rule(f).limits
     assert len({limit.counter_id for limit in limits}) == 3
+
+
+@pytest.mark.parametrize(
+    ("fields", "where", "message"),
+    [
+        ("algorithm: concurrency", "", "max_in_flight is required for algorithm concurrency"),
+        (
+            "algorithm: concurrency, max_in_flight: 0",
+            ".max_in_flight",
+            "must be between 1 and 4294967295, got 0",
+        ),
+        (
+            "algorithm: concurrency, max_in_flight: 2, lease_ttl_s: 0",
+            ".lease_ttl_s",
+            "expected seconds, more than 0 and at most 86400, got '0'",
+        ),
+        (
+            "algorithm: concurrency, max_in_flight: 2, lease_ttl_s: 86401",
+            ".lease_ttl_s",
+            "expected seconds, more than 0 and at most 86400, got '86401'",
+        ),
+        (
+            "algorithm: concurrency, max_in_flight: 2, lease_ttl_s: soon",
+            ".lease_ttl_s",
+            "expected seconds, more than 0 and at most 86400, got 'soon'",
+        ),
+        (
+            "algorithm: concurrency, max_in_flight: 2, unit: second",
+            "",
+            "unknown key 'unit' (expected one of algorithm, lease_ttl_s, max_in_flight, name)",
+        ),
+        (
+            "unit: second, requests_per_unit: 1, lease_ttl_s: 5",
+            ".lease_ttl_s",
+            "lease_ttl_s is only for algorithm concurrency",
+        ),
+    ],
+)
+def test_concurrency_keys_are_checked(
+    tmp_path: Path, fields: str, where: str, message: str
+) -> None:
+    f = write(tmp_path, f"domain: d\ndescriptors:\n  - key: k\n    rate_limit: {{{fields}}}\n")
+    assert errors_of(f) == [f"{f}: line 4, descriptors[0].rate_limit{where}: {message}"]
+
+
+def test_a_rule_has_one_concurrency_limit_and_describes_it(tmp_path: Path) -> None:
+    two = write(
+        tmp_path,
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limits:\n"
+        "      - {algorithm: concurrency, max_in_flight: 1}\n"
+        "      - {algorithm: concurrency, max_in_flight: 2}\n",
+    )
+    assert errors_of(two) == [
+        f"{two}: line 6, descriptors[0].rate_limits[1]: a second concurrency limit; "
+        "a rule has one at most"
+    ]
+    good = write(
+        tmp_path,
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limits:\n"
+        "      - {algorithm: concurrency, max_in_flight: 4, lease_ttl_s: 90, name: inflight}\n"
+        "      - {unit: minute, requests_per_unit: 100}\n",
+        name="good.yaml",
+    )
+    assert load_config([good]).describe_rules() == [
+        "d.k: 100 per minute (fixed_window) and 4 in flight (concurrency, leases of 90 s) "
+        "name=inflight"
+    ]
