@@ -72,11 +72,7 @@ def calendar_step(span: Span, state: State | None, now: float, limit: Limit, cos
     off one limit's worth per window end, as on the epoch's grid."""
     capacity = limit.requests_per_unit
     index, window_end = span.locate(now)
-    count = 0
-    if state is not None:
-        ends = index - int(state[0])
-        count = int(state[1]) if ends == 0 else max(int(state[1]) - ends * capacity, 0)
-        count = count if ends >= 0 else 0
+    count = _carried(state, index, 1, capacity)  # windows counted by index: one apart each
     allowed, count = _charge(limit, count, cost)
     if count <= capacity:
         return Outcome(

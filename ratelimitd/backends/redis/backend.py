@@ -338,7 +338,7 @@ class RedisBackend:
     async def _run_scripts(
         self, scripts: Sequence[tuple[CounterRequest, ...]]
     ) -> list[list[CounterResult]]:
-        now = repr(self._clock.now()) if self._clock is not None else ""
+        now = self._script_now()
         if not self._sha:
             self._sha = await self._script_load()
         replies = await self._pipeline(scripts, now)
@@ -462,7 +462,7 @@ class RedisBackend:
     async def refund(self, requests: Sequence[CounterRequest], charged_at: float) -> None:
         """Gives each request's `cost` back to its counters (lua/refund.lua), one script call
         per descriptor (its keys share a slot)."""
-        now = repr(self._clock.now()) if self._clock is not None else ""
+        now = self._script_now()
         commands = []
         for request in requests:
             keys = [request.key(limit) for limit in request.limits]
@@ -481,7 +481,7 @@ class RedisBackend:
     async def acquire(self, leases: Sequence[LeaseRequest], lease: str) -> list[LeaseResult]:
         """One script for every key; on a Cluster, whose keys live in different slots, one
         script per key, and what was taken is given back when any key had no room."""
-        now = repr(self._clock.now()) if self._clock is not None else ""
+        now = self._script_now()
         if not self.cluster or len(leases) <= 1:
             (reply,) = await self._execute([acquire_command(leases, lease, now)])
             return parse_acquire(reply)
@@ -493,13 +493,17 @@ class RedisBackend:
         return results
 
     async def release(self, keys: Sequence[str], lease: str) -> int:
-        now = repr(self._clock.now()) if self._clock is not None else ""
+        now = self._script_now()
         groups = [keys] if not self.cluster else [(key,) for key in keys]
         replies = await self._execute([release_command(group, lease, now) for group in groups])
         return sum(int(reply) for reply in replies)
 
     def now(self) -> float:
         return self._clock.now() if self._clock is not None else time.time()
+
+    def _script_now(self) -> str:
+        """The scripts' `now` argument: a test clock's time, or '' for Redis's own clock."""
+        return repr(self._clock.now()) if self._clock is not None else ""
 
     async def kv_get(self, key: str) -> str | None:
         (value,) = await self._execute([("GET", key)])
